@@ -1,0 +1,27 @@
+# Every target builds its own virtual environment on first use, so a fresh
+# machine with python3 (3.11+) and the package registry needs nothing else.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+demo: $(VENV)/.examples
+	$(BIN)/python examples/quickstart.py
+
+test: $(VENV)/.test $(VENV)/.examples
+	$(BIN)/python -m pytest -n 2
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.%: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,139 @@
+"""``rmsprop``: the scaler, then decoupled weight decay, learning rate, momentum."""
+
+from typing import Any
+
+import jax
+import optax
+
+from optax_rmsprop import _checks
+from optax_rmsprop import _momentum
+from optax_rmsprop import _rms
+from optax_rmsprop import _tree_math as tm
+
+
+def rmsprop(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: jax.typing.ArrayLike | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mask: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The RMSprop optimizer: a drop-in for :func:`optax.rmsprop`.
+
+    With :math:`u_t` the update of :func:`scale_by_rms` (or
+    :func:`scale_by_stddev` when ``centered``), learning rate
+    :math:`\eta_t`, ``weight_decay`` :math:`\lambda` and ``momentum``
+    :math:`\beta`:
+
+    .. math::
+
+        d_t = -\eta_t\,(u_t + \lambda\,\theta_{t-1}), \qquad
+        m_t = d_t + \beta\,m_{t-1}, \qquad
+        \theta_t = \theta_{t-1} + \begin{cases}
+            d_t & \text{no momentum} \\
+            m_t & \text{heavy ball} \\
+            d_t + \beta\,m_t & \text{nesterov.}
+        \end{cases}
+
+    The learning rate is applied before the momentum buffer (as in optax,
+    Keras and TF1; PyTorch scales the buffer by the current learning rate
+    instead, which differs under a schedule). Weight decay is decoupled, as
+    in :func:`optax.adamw`: added to the normalised update, so it is not
+    divided by the RMS.
+
+    For optax's arguments the results equal ``optax.rmsprop``'s in float32
+    and the state is the same pytree: ``(scaler state, learning-rate state,
+    TraceState or EmptyState)``, with an ``optax.AddDecayedWeightsState``
+    after the scaler's only when ``weight_decay`` is not a plain zero. See
+    :func:`scale_by_rms` for the fixes (zero gradients with eps 0, centered
+    variance clamped at zero, float32 averages for bf16 parameters) and for
+    where eps goes in PyTorch (outside the root, eps 1e-8, decay 0.99),
+    Keras 3 (outside, 1e-7, decay 0.9) and TF1 (inside, 1e-10, accumulator
+    starting at 1).
+
+    Args:
+        learning_rate: a number or an optax schedule of the step count.
+        decay: the average's decay rate, in [0, 1].
+        eps: added to the (root of the) average, at least 0.
+        initial_scale: the average's starting value, at least 0.
+        eps_in_sqrt: add eps inside the square root (True) or outside.
+        centered: divide by the running standard deviation (Graves, 2013).
+        momentum: ``None`` for none, else the momentum coefficient in [0, 1].
+        nesterov: Nesterov momentum (only with ``momentum``).
+        bias_correction: debias the zero-started averages.
+        weight_decay: decoupled weight decay :math:`\lambda`, at least 0.
+        weight_decay_mask: a tree of booleans (or a function of the params
+            returning one) choosing which parameters decay, as in
+            :func:`optax.add_decayed_weights`.
+        nu_dtype: the averages' dtype; ``None`` is float32 for bf16/f16
+            parameters. The momentum buffer follows the same rule.
+
+    Returns:
+        An :class:`optax.GradientTransformationExtraArgs` built by one
+        :func:`optax.chain` call.
+
+    Raises:
+        ValueError: for a plain-number ``decay`` or ``momentum`` outside
+            [0, 1], a negative ``eps``, ``initial_scale`` or
+            ``weight_decay``, or a non-floating ``nu_dtype``.
+
+    Example:
+        Minimise ``x**2`` from x = 1: the first step moves x by
+        lr / sqrt(1 - decay) = 0.1 / sqrt(0.1) = 0.3162278 (eps 0):
+
+        >>> import jax, jax.numpy as jnp, optax
+        >>> import optax_rmsprop
+        >>> tx = optax_rmsprop.rmsprop(learning_rate=0.1, eps=0.0)
+        >>> x = jnp.array(1.0)
+        >>> state = tx.init(x)
+        >>> updates, state = tx.update(jax.grad(lambda x: x**2)(x), state)
+        >>> print(optax.apply_updates(x, updates))
+        0.6837722
+
+    References:
+        Hinton, Srivastava and Swersky, `Neural Networks for Machine Learning,
+        lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
+        2012.
+
+        Graves, `Generating Sequences With Recurrent Neural Networks
+        <https://arxiv.org/abs/1308.0850>`_, 2013.
+    """
+    _checks.check_non_negative("weight_decay", weight_decay)
+    return optax.chain(
+        _rms.scale_by_rms(
+            decay,
+            eps,
+            initial_scale,
+            eps_in_sqrt,
+            bias_correction,
+            centered=centered,
+            nu_dtype=nu_dtype,
+        ),
+        *_decoupled_weight_decay(weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+        _momentum_or_identity(momentum, nesterov, nu_dtype),
+    )
+
+
+def _decoupled_weight_decay(weight_decay, mask) -> tuple:
+    """No transform at all for a plain zero, so the state stays optax's."""
+    if _checks.is_plain_zero(weight_decay):
+        return ()
+    return (optax.add_decayed_weights(weight_decay, mask),)
+
+
+def _momentum_or_identity(momentum, nesterov, nu_dtype):
+    if momentum is None:
+        return optax.identity()
+    nu_dtype = _checks.canonical_float_dtype("nu_dtype", nu_dtype)
+    return _momentum.momentum(
+        momentum, nesterov, lambda dtype: tm.first_moment_dtype(dtype, nu_dtype)
+    )

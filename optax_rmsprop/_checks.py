@@ -1,0 +1,93 @@
+"""Argument checks shared by every factory.
+
+Only plain Python numbers are checked: ``optax.inject_hyperparams`` and
+``jax.vmap`` rebuild the transforms with arrays or tracers, whose values are
+unknown at construction and must pass through untouched.
+"""
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def check_in_range(name: str, value: Any, low: float, high: float) -> None:
+    """Raises ``ValueError`` if a plain number ``value`` lies outside [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return
+    if math.isnan(value) or not low <= value <= high:
+        raise ValueError(f"`{name}` must lie in [{low}, {high}], got {value!r}.")
+
+
+def check_non_negative(name: str, value: Any) -> None:
+    """Raises ``ValueError`` if a plain number ``value`` is negative or NaN."""
+    check_in_range(name, value, 0.0, math.inf)
+
+
+def is_plain_zero(value: Any) -> bool:
+    """True for a Python (or NumPy scalar) zero, False for arrays and tracers."""
+    return isinstance(value, numbers.Real) and value == 0
+
+
+def canonical_float_dtype(name: str, dtype: Any) -> jnp.dtype | None:
+    """Returns ``dtype`` as a floating ``jnp.dtype`` (None passes through).
+
+    Raises:
+        ValueError: if ``dtype`` is not a real floating dtype.
+    """
+    if dtype is None:
+        return None
+    try:
+        canonical = jnp.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(
+                f"`{name}` must be None or a floating dtype such as jnp.float32, "
+                f"got {dtype!r}."
+        ) from error
+    if not jnp.issubdtype(canonical, jnp.floating):
+        raise ValueError(
+                f"`{name}` must be None or a floating dtype such as jnp.float32, "
+                f"got {dtype!r}."
+        )
+    return canonical
+
+
+def check_inexact_params(params: Any) -> None:
+    """Raises ``TypeError`` naming the first integer or boolean leaf of ``params``."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                    "`params` must hold floating or complex arrays; the leaf at "
+                    f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}."
+            )
+
+
+def check_tree_matches(updates: Any, moments: Any) -> None:
+    """Raises ``ValueError`` if ``updates`` and the state's moments differ in structure.
+
+    Without this, ``jax.tree.map`` reports a mismatch deep inside the update
+    with no hint that the state was built for other parameters.
+    """
+    updates_structure = jax.tree.structure(updates, is_leaf=_is_none)
+    moments_structure = jax.tree.structure(moments, is_leaf=_is_none)
+    if updates_structure != moments_structure:
+        raise ValueError(
+                "The gradient tree does not match the optimizer state: was `init` "
+                "called with other parameters?\n"
+                f"  updates: {updates_structure}\n  state:   {moments_structure}"
+        )
+    for (path, g), m in zip(
+            jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(moments)
+    ):
+        if jnp.shape(g) != jnp.shape(m):
+            raise ValueError(
+                    f"The gradient at {jax.tree_util.keystr(path) or '<root>'} has shape "
+                    f"{jnp.shape(g)} but its optimizer state has shape {jnp.shape(m)}."
+            )
+
+
+def _is_none(x: Any) -> bool:
+    return x is None

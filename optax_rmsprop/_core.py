@@ -1,0 +1,88 @@
+"""The one parametrised RMSprop scaler behind ``scale_by_rms`` and ``scale_by_stddev``.
+
+Both public factories call :func:`rms_scaler`; the boolean options pick a code
+path here, once, when the transform is built.  The state is optax's own
+``NamedTuple`` for the chosen options, so checkpoints move between the two
+libraries.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _checks
+from optax_rmsprop import _tree_math as tm
+
+
+@functools.cache
+def state_class(centered: bool, bias_correction: bool) -> type:
+    """The ``NamedTuple`` class that ``optax.rmsprop`` keeps for these options.
+
+    optax 0.2.8 exports ``ScaleByRmsState`` and ``ScaleByRStdDevState`` but
+    not their ``WithCount`` siblings, so the class is read off the state of
+    optax's own public factory; ``jax.eval_shape`` traces ``init`` on an
+    empty tree without touching a device.
+    """
+    factory = optax.scale_by_stddev if centered else optax.scale_by_rms
+    return type(jax.eval_shape(factory(bias_correction=bias_correction).init, ()))
+
+
+def check_hyperparameters(decay: Any, eps: Any, initial_scale: Any) -> None:
+    """Refuses plain-number settings that mean nothing for an EMA of squares."""
+    _checks.check_in_range("decay", decay, 0.0, 1.0)
+    _checks.check_non_negative("eps", eps)
+    _checks.check_non_negative("initial_scale", initial_scale)
+
+
+def rms_scaler(
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    initial_scale: jax.typing.ArrayLike,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    centered: bool,
+    nu_dtype: Any,
+) -> optax.GradientTransformation:
+    """Builds the scaler; see ``scale_by_rms`` for the maths and arguments."""
+    check_hyperparameters(decay, eps, initial_scale)
+    nu_dtype = _checks.canonical_float_dtype("nu_dtype", nu_dtype)
+    state_cls = state_class(centered, bias_correction)
+
+    def init_fn(params):
+        _checks.check_inexact_params(params)
+        return _state(
+            nu=tm.full_like(params, initial_scale, _nu_dtype_of),
+            mu=tm.full_like(params, 0, _mu_dtype_of) if centered else None,
+            count=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params  # Unused.
+        _checks.check_tree_matches(updates, state.nu)
+        nu = tm.ema_of_squares(updates, state.nu, decay)
+        mu = tm.ema(updates, state.mu, decay) if centered else None
+        count = optax.safe_increment(state.count) if bias_correction else None
+        variance = _variance(nu, mu, count)
+        scaled = tm.scale_by_inverse_rms(updates, variance, eps, eps_in_sqrt)
+        return scaled, _state(nu=nu, mu=mu, count=count)
+
+    def _variance(nu, mu, count):
+        """The debiased second moment, centred by the mean when asked."""
+        if bias_correction:
+            nu, mu = tm.debias(nu, decay, count), tm.debias(mu, decay, count)
+        return tm.centered_variance(mu, nu) if centered else nu
+
+    def _state(**fields):
+        """Keeps only the fields of optax's state class for these options."""
+        return state_cls(**{name: fields[name] for name in state_cls._fields})
+
+    def _nu_dtype_of(param_dtype):
+        return tm.moment_dtype(param_dtype, nu_dtype)
+
+    def _mu_dtype_of(param_dtype):
+        return tm.first_moment_dtype(param_dtype, nu_dtype)
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,146 @@
+"""Elementwise tree maths of RMSprop, one small helper per step of the update.
+
+Every helper maps over the leaves of its first tree and leaves ``None`` leaves
+(as left by ``optax.masked``) alone.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _map(fn, tree, *rest):
+    """``jax.tree.map`` that keeps ``None`` leaves of ``tree`` as ``None``."""
+    return jax.tree.map(
+        lambda x, *r: None if x is None else fn(x, *r), tree, *rest, is_leaf=_is_none
+    )
+
+
+def moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
+    """The real dtype a parameter's second moment is stored in.
+
+    ``nu_dtype`` wins when given; otherwise bf16/f16 parameters keep a float32
+    average (a bf16 EMA with decay 0.999 rounds every increment away and
+    freezes) and complex parameters keep a real one (it averages ``|g|^2``).
+    """
+    if nu_dtype is not None:
+        return jnp.dtype(nu_dtype)
+    real = jnp.finfo(param_dtype).dtype
+    return jnp.dtype(jnp.float32) if real in _LOW_PRECISION else real
+
+
+def first_moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
+    """The dtype of a running mean of gradients: complex for complex params."""
+    real = moment_dtype(param_dtype, nu_dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating):
+        return jnp.result_type(real, jnp.complex64)
+    return real
+
+
+def full_like(params: Any, value: Any, dtype_fn) -> Any:
+    """A tree shaped like ``params`` filled with ``value``, keeping shardings.
+
+    ``jnp.full_like`` under ``jit`` forgets the parameter's sharding and puts
+    the whole state on one device; a select whose other branch is the
+    parameter lets XLA's sharding propagation give the result the
+    parameter's sharding, and the dead branch is folded away.
+    """
+
+    def fill(p):
+        dtype = dtype_fn(p.dtype)
+        real_dtype = not jnp.issubdtype(dtype, jnp.complexfloating)
+        like_p = (jnp.real(p) if real_dtype else p).astype(dtype)
+        return jnp.where(True, jnp.asarray(value, dtype), like_p)
+
+    return _map(fill, params)
+
+
+def _promoted(g: jax.Array, moment: jax.Array) -> jax.Array:
+    """``g`` in the wider of its dtype and the moment's (f16 squares overflow)."""
+    return g.astype(jnp.promote_types(g.dtype, moment.dtype))
+
+
+def ema_of_squares(updates: Any, nu: Any, decay: Any) -> Any:
+    r"""``(1 - decay) * |g|^2 + decay * nu``, in and stored as ``nu``'s dtype."""
+
+    def step(g, n):
+        g = _promoted(g, n)
+        square = g * g if jnp.isrealobj(g) else jnp.real(g * jnp.conj(g))
+        return ((1 - decay) * square + decay * n).astype(n.dtype)
+
+    return _map(step, updates, nu)
+
+
+def ema(updates: Any, mu: Any, decay: Any) -> Any:
+    r"""``(1 - decay) * g + decay * mu``, in and stored as ``mu``'s dtype."""
+    return _map(
+        lambda g, m: ((1 - decay) * _promoted(g, m) + decay * m).astype(m.dtype),
+        updates,
+        mu,
+    )
+
+
+def debias(moment: Any, decay: Any, count: jax.Array) -> Any:
+    """Divides by ``1 - decay**count``, the weight a zero start leaves out."""
+    # The power is taken in float32 at least: in bf16 `decay**count` rounds to 1.
+    correction = 1 - jnp.asarray(decay, jnp.float32) ** count
+    return _map(lambda m: m / correction.astype(m.dtype), moment)
+
+
+def centered_variance(mu_hat: Any, nu_hat: Any) -> Any:
+    """``max(nu - |mu|^2, 0)``: rounding can push a near-zero variance negative."""
+
+    def variance(n, m):
+        mean_square = m * m if jnp.isrealobj(m) else jnp.real(m * jnp.conj(m))
+        return jnp.maximum(n - mean_square, 0)
+
+    return _map(variance, nu_hat, mu_hat)
+
+
+def scale_by_inverse_rms(
+    updates: Any, nu_hat: Any, eps: Any, eps_in_sqrt: bool
+) -> Any:
+    r"""``g / sqrt(nu + eps)`` or ``g / (sqrt(nu) + eps)``, in ``g``'s dtype.
+
+    A zero gradient gives a zero update even where the denominator is zero
+    (``eps = 0`` before any gradient arrived), instead of ``0 * inf = NaN``.
+    """
+    if eps_in_sqrt:
+        inverse_rms = lambda n: jax.lax.rsqrt(n + eps)
+    else:
+        inverse_rms = lambda n: 1 / (jnp.sqrt(n) + eps)
+
+    def scale(g, n):
+        scaled = inverse_rms(n) * _promoted(g, n)
+        return jnp.where(g == 0, jnp.zeros_like(scaled), scaled).astype(g.dtype)
+
+    return _map(scale, updates, nu_hat)
+
+
+def accumulate(updates: Any, trace: Any, decay: Any) -> Any:
+    """``g + decay * trace``, in and stored as ``trace``'s dtype."""
+    return _map(
+        lambda g, t: (_promoted(g, t) + decay * t).astype(t.dtype), updates, trace
+    )
+
+
+def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> Any:
+    """``g + decay * trace`` as ``(1 + decay) * trace - decay * previous``, in ``like``'s dtypes."""
+    return _map(
+        lambda t, p, u: ((1 + decay) * t - decay * p).astype(u.dtype),
+        trace,
+        previous,
+        like,
+    )
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+    """``tree`` with each leaf in the dtype of the matching leaf of ``like``."""
+    return _map(lambda x, y: x.astype(y.dtype), tree, like)
