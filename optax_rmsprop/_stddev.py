@@ -66,16 +66,16 @@ def scale_by_stddev(
             ``initial_scale``, or a ``nu_dtype`` that is not floating.
 
     Example:
-        A first step with g = 2, decay 0.9 and eps 0.1 (outside the root):
-        mu = 0.2 and nu = 0.4, so the variance is 0.4 - 0.04 = 0.36 and the
-        update is 2 / (0.6 + 0.1) = 2.857143:
+        A first step with g = 2, decay 0.5 and eps 1 (outside the root):
+        mu = 0.5 * 2 = 1 and nu = 0.5 * 4 = 2, so the variance is 2 - 1**2 = 1
+        and the update is 2 / (sqrt(1) + 1) = 1:
 
         >>> import jax.numpy as jnp
         >>> import optax_rmsprop
-        >>> tx = optax_rmsprop.scale_by_stddev(0.9, eps=0.1, eps_in_sqrt=False)
+        >>> tx = optax_rmsprop.scale_by_stddev(0.5, eps=1.0, eps_in_sqrt=False)
         >>> updates, state = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
         >>> print(updates, state.mu, state.nu)
-        [2.857143] [0.2] [0.4]
+        [1.] [1.] [2.]
 
     References:
         Graves, `Generating Sequences With Recurrent Neural Networks
