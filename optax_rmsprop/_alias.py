@@ -22,7 +22,7 @@ def rmsprop(
     nesterov: bool = False,
     bias_correction: bool = False,
     *,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: jax.typing.ArrayLike | None = None,
     weight_decay_mask: Any = None,
     nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -52,12 +52,14 @@ def rmsprop(
     For optax's arguments the results equal ``optax.rmsprop``'s in float32
     and the state is the same pytree: ``(scaler state, learning-rate state,
     TraceState or EmptyState)``, with an ``optax.AddDecayedWeightsState``
-    after the scaler's only when ``weight_decay`` is not a plain zero. See
+    after the scaler's only when ``weight_decay`` is given (not ``None`` or a
+    plain zero). See
     :func:`scale_by_rms` for the fixes (zero gradients with eps 0, centered
     variance clamped at zero, float32 averages for bf16 parameters) and for
     where eps goes in PyTorch (outside the root, eps 1e-8, decay 0.99),
-    Keras 3 (outside, 1e-7, decay 0.9) and TF1 (inside, 1e-10, accumulator
-    starting at 1).
+    Keras 3 (inside, 1e-7, decay 0.9) and TF1 (inside, 1e-10, accumulator
+    starting at 1); :func:`pytorch_rmsprop`, :func:`keras_rmsprop` and
+    :func:`tf1_rmsprop` reproduce each exactly.
 
     Args:
         learning_rate: a number or an optax schedule of the step count.
@@ -69,7 +71,11 @@ def rmsprop(
         momentum: ``None`` for none, else the momentum coefficient in [0, 1].
         nesterov: Nesterov momentum (only with ``momentum``).
         bias_correction: debias the zero-started averages.
-        weight_decay: decoupled weight decay :math:`\lambda`, at least 0.
+        weight_decay: ``None`` (or 0) for none, else the decoupled weight
+            decay :math:`\lambda`, at least 0. The default is ``None`` rather
+            than 0.0 so that ``optax.inject_hyperparams(rmsprop)`` does not
+            turn it into an array and add a decay step (that needs
+            ``params``) to every injected chain.
         weight_decay_mask: a tree of booleans (or a function of the params
             returning one) choosing which parameters decay, as in
             :func:`optax.add_decayed_weights`.
@@ -106,7 +112,8 @@ def rmsprop(
         Graves, `Generating Sequences With Recurrent Neural Networks
         <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
-    _checks.check_non_negative("weight_decay", weight_decay)
+    if weight_decay is not None:
+        _checks.check_non_negative("weight_decay", weight_decay)
     return optax.chain(
         _rms.scale_by_rms(
             decay,
@@ -124,8 +131,8 @@ def rmsprop(
 
 
 def _decoupled_weight_decay(weight_decay, mask) -> tuple:
-    """No transform at all for a plain zero, so the state stays optax's."""
-    if _checks.is_plain_zero(weight_decay):
+    """No transform at all for None or a plain zero, so the state stays optax's."""
+    if weight_decay is None or _checks.is_plain_zero(weight_decay):
         return ()
     return (optax.add_decayed_weights(weight_decay, mask),)
 

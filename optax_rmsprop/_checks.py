@@ -43,13 +43,13 @@ def canonical_float_dtype(name: str, dtype: Any) -> jnp.dtype | None:
         canonical = jnp.dtype(dtype)
     except TypeError as error:
         raise ValueError(
-                f"`{name}` must be None or a floating dtype such as jnp.float32, "
-                f"got {dtype!r}."
+            f"`{name}` must be None or a floating dtype such as jnp.float32, "
+            f"got {dtype!r}."
         ) from error
     if not jnp.issubdtype(canonical, jnp.floating):
         raise ValueError(
-                f"`{name}` must be None or a floating dtype such as jnp.float32, "
-                f"got {dtype!r}."
+            f"`{name}` must be None or a floating dtype such as jnp.float32, "
+            f"got {dtype!r}."
         )
     return canonical
 
@@ -60,8 +60,8 @@ def check_inexact_params(params: Any) -> None:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                    "`params` must hold floating or complex arrays; the leaf at "
-                    f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}."
+                "`params` must hold floating or complex arrays; the leaf at "
+                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}."
             )
 
 
@@ -75,17 +75,18 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
     moments_structure = jax.tree.structure(moments, is_leaf=_is_none)
     if updates_structure != moments_structure:
         raise ValueError(
-                "The gradient tree does not match the optimizer state: was `init` "
-                "called with other parameters?\n"
-                f"  updates: {updates_structure}\n  state:   {moments_structure}"
+            "The gradient tree does not match the optimizer state: was `init` "
+            "called with other parameters?\n"
+            f"  updates: {updates_structure}\n  state:   {moments_structure}"
         )
     for (path, g), m in zip(
-            jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(moments)
+        jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(moments)
     ):
         if jnp.shape(g) != jnp.shape(m):
+            where = jax.tree_util.keystr(path) or "<root>"
             raise ValueError(
-                    f"The gradient at {jax.tree_util.keystr(path) or '<root>'} has shape "
-                    f"{jnp.shape(g)} but its optimizer state has shape {jnp.shape(m)}."
+                f"The gradient at {where} has shape {jnp.shape(g)} but its "
+                f"optimizer state has shape {jnp.shape(m)}."
             )
 
 

@@ -45,9 +45,9 @@ def scale_by_rms(
     average freezes when ``decay`` is near 1); complex parameters keep a real
     average of :math:`|g|^2`.
 
-    Where eps goes: PyTorch and Keras 3 add it outside the root
-    (``eps_in_sqrt=False``, eps 1e-8 and 1e-7), TF1 inside (1e-10), optax's
-    default inside (1e-8). Inside the root it bounds the step by
+    Where eps goes: PyTorch adds it outside the root (``eps_in_sqrt=False``,
+    eps 1e-8); Keras 3 (1e-7), TF1 (1e-10) and optax's default (1e-8) add it
+    inside. Inside the root it bounds the step by
     :math:`|g|/\sqrt{\epsilon}`; outside by :math:`|g|/\epsilon`.
 
     Args:
@@ -55,8 +55,8 @@ def scale_by_rms(
         eps: :math:`\epsilon \ge 0`, keeps the denominator away from zero.
         initial_scale: :math:`\nu_0 \ge 0`, the average's starting value
             (TF1 starts at 1, PyTorch, Keras and optax at 0).
-        eps_in_sqrt: add eps inside the square root (optax, TF1) or outside it
-            (PyTorch, Keras).
+        eps_in_sqrt: add eps inside the square root (optax, Keras, TF1) or
+            outside it (PyTorch).
         bias_correction: divide the average by :math:`1 - \rho^t`, undoing the
             pull of a zero start (meant for ``initial_scale=0``).
         centered: divide by the running standard deviation instead of the

@@ -48,8 +48,8 @@ def scale_by_stddev(
         eps: :math:`\epsilon \ge 0`, keeps the denominator away from zero.
         initial_scale: :math:`\nu_0 \ge 0`, the starting mean square
             (:math:`\mu_0 = 0`).
-        eps_in_sqrt: add eps inside the square root (optax, TF1) or outside
-            it (PyTorch, Keras).
+        eps_in_sqrt: add eps inside the square root (optax, Keras, TF1) or
+            outside it (PyTorch).
         bias_correction: divide both averages by :math:`1 - \rho^t`.
         nu_dtype: dtype both averages are computed and stored in; ``None``
             keeps the parameter's precision but float32 for bf16/f16. The mean

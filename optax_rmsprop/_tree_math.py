@@ -88,10 +88,21 @@ def ema(updates: Any, mu: Any, decay: Any) -> Any:
 
 
 def debias(moment: Any, decay: Any, count: jax.Array) -> Any:
-    """Divides by ``1 - decay**count``, the weight a zero start leaves out."""
-    # The power is taken in float32 at least: in bf16 `decay**count` rounds to 1.
-    correction = 1 - jnp.asarray(decay, jnp.float32) ** count
-    return _map(lambda m: m / correction.astype(m.dtype), moment)
+    """Divides by ``1 - decay**count``, the weight a zero start leaves out.
+
+    The power is taken in the moment's real precision, but never below float32
+    (in bf16 ``decay**count`` rounds to 1; float64 moments need float64), once
+    per precision as optax does, so XLA compiles the same division.
+    """
+    corrections = {}
+
+    def divide(m):
+        dtype = jnp.promote_types(jnp.finfo(m.dtype).dtype, jnp.float32)
+        if dtype not in corrections:
+            corrections[dtype] = 1 - jnp.asarray(decay, dtype) ** count
+        return m / corrections[dtype].astype(m.dtype)
+
+    return _map(divide, moment)
 
 
 def centered_variance(mu_hat: Any, nu_hat: Any) -> Any:
@@ -104,9 +115,7 @@ def centered_variance(mu_hat: Any, nu_hat: Any) -> Any:
     return _map(variance, nu_hat, mu_hat)
 
 
-def scale_by_inverse_rms(
-    updates: Any, nu_hat: Any, eps: Any, eps_in_sqrt: bool
-) -> Any:
+def scale_by_inverse_rms(updates: Any, nu_hat: Any, eps: Any, eps_in_sqrt: bool) -> Any:
     r"""``g / sqrt(nu + eps)`` or ``g / (sqrt(nu) + eps)``, in ``g``'s dtype.
 
     A zero gradient gives a zero update even where the denominator is zero
@@ -118,8 +127,11 @@ def scale_by_inverse_rms(
         inverse_rms = lambda n: 1 / (jnp.sqrt(n) + eps)
 
     def scale(g, n):
-        scaled = inverse_rms(n) * _promoted(g, n)
-        return jnp.where(g == 0, jnp.zeros_like(scaled), scaled).astype(g.dtype)
+        # Where g = 0 the denominator is replaced by 1 *before* the root: the
+        # update is then 0 * finite = 0, and so is its derivative (a `where`
+        # after the division would still differentiate 0 * inf = NaN).
+        safe_n = jnp.where(g == 0, jnp.ones_like(n), n)
+        return (inverse_rms(safe_n) * _promoted(g, n)).astype(g.dtype)
 
     return _map(scale, updates, nu_hat)
 
@@ -132,7 +144,11 @@ def accumulate(updates: Any, trace: Any, decay: Any) -> Any:
 
 
 def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> Any:
-    """``g + decay * trace`` as ``(1 + decay) * trace - decay * previous``, in ``like``'s dtypes."""
+    """Nesterov's ``g + decay * trace`` as ``(1 + decay) * trace - decay * previous``.
+
+    Equal because ``g = trace - decay * previous``; the result takes ``like``'s
+    dtypes.
+    """
     return _map(
         lambda t, p, u: ((1 + decay) * t - decay * p).astype(u.dtype),
         trace,
@@ -144,3 +160,13 @@ def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> An
 def cast_like(tree: Any, like: Any) -> Any:
     """``tree`` with each leaf in the dtype of the matching leaf of ``like``."""
     return _map(lambda x, y: x.astype(y.dtype), tree, like)
+
+
+def add_scaled(updates: Any, params: Any, scale: Any) -> Any:
+    """``u + scale * p``, in ``u``'s dtype."""
+    return _map(lambda u, p: (u + scale * p).astype(u.dtype), updates, params)
+
+
+def map_leaves(fn, tree: Any) -> Any:
+    """``fn`` on every array leaf, ``None`` leaves kept."""
+    return _map(fn, tree)
