@@ -1,0 +1,107 @@
+"""``keras_rmsprop``: ``keras.optimizers.RMSprop`` (Keras 3), names and defaults."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _alias
+from optax_rmsprop import _checks
+from optax_rmsprop import _tree_math as tm
+
+
+def keras_rmsprop(
+    learning_rate: optax.ScalarOrSchedule = 0.001,
+    rho: jax.typing.ArrayLike = 0.9,
+    momentum: jax.typing.ArrayLike = 0.0,
+    epsilon: jax.typing.ArrayLike = 1e-7,
+    centered: bool = False,
+    weight_decay: jax.typing.ArrayLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RMSprop exactly as Keras 3's ``keras.optimizers.RMSprop`` computes it.
+
+    .. math::
+
+        v_t = \rho\,v_{t-1} + (1 - \rho)\,g_t^2, \qquad
+        \Delta_t = \frac{\eta_t\,g_t}{\sqrt{v_t - [\bar g_t^2] + \epsilon}},
+
+    .. math::
+
+        m_t = \beta\,m_{t-1} + \Delta_t, \qquad
+        \theta_t = (1 - \eta_t\lambda)\,\theta_{t-1} - m_t
+        \;(\text{or } - \Delta_t \text{ when } \beta = 0).
+
+    Keras puts eps *inside* the root (like optax, unlike PyTorch), the
+    learning rate inside the momentum buffer, and applies weight decay
+    :math:`\lambda` decoupled and outside the buffer, scaled by the current
+    learning rate, before the step. The one intended difference: the
+    centered variance is clamped at zero where Keras returns NaN.
+
+    Args:
+        learning_rate: a number or an optax schedule of the step count (Keras
+            evaluates its schedule on ``iterations``, the same count).
+        rho: decay of the averages, in [0, 1].
+        momentum: momentum factor in [0, 1]; 0 keeps no buffer.
+        epsilon: added inside the root, at least 0.
+        centered: normalise by the running standard deviation.
+        weight_decay: ``None`` or the decoupled decay rate, at least 0.
+
+    Returns:
+        An :class:`optax.GradientTransformationExtraArgs` chaining
+        :func:`rmsprop`'s pieces, plus the weight-decay transform when used.
+
+    Raises:
+        ValueError: ``rho`` or ``momentum`` outside [0, 1], or a negative
+            ``epsilon`` or ``weight_decay`` (Keras itself checks none of
+            these; all make the average or the step meaningless).
+
+    Example:
+        First step, g = 2, rho 0.9, epsilon 0: v = 0.1 * 4 = 0.4 and the
+        parameter moves by -0.001 * 2 / sqrt(0.4) = -0.0031622776:
+
+        >>> import jax.numpy as jnp
+        >>> import optax_rmsprop
+        >>> tx = optax_rmsprop.keras_rmsprop(epsilon=0.0)
+        >>> updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> print(updates)
+        [-0.00316228]
+    """
+    _checks.check_in_range("rho", rho, 0.0, 1.0)
+    _checks.check_in_range("momentum", momentum, 0.0, 1.0)
+    _checks.check_non_negative("epsilon", epsilon)
+    if weight_decay is not None:
+        _checks.check_non_negative("weight_decay", weight_decay)
+    step = _alias.rmsprop(
+        learning_rate,
+        decay=rho,
+        eps=epsilon,
+        centered=centered,
+        momentum=None if _checks.is_plain_zero(momentum) else momentum,
+    )
+    if weight_decay is None or _checks.is_plain_zero(weight_decay):
+        return step
+    return optax.chain(step, _weight_decay_outside_buffer(learning_rate, weight_decay))
+
+
+def _weight_decay_outside_buffer(
+    learning_rate: optax.ScalarOrSchedule, weight_decay: Any
+) -> optax.GradientTransformation:
+    """Adds ``-lr_t * weight_decay * params`` to the finished update.
+
+    Keras shrinks the variables by ``lr * wd`` before the step, so the decay
+    never enters the momentum buffer; the state counts steps for schedules.
+    """
+
+    def init_fn(params):
+        del params  # Unused.
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("keras_rmsprop with weight_decay needs `params`.")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        updates = tm.add_scaled(updates, params, -lr * weight_decay)
+        return updates, optax.ScaleByScheduleState(optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,69 @@
+"""``tf1_rmsprop``: TF1's ``RMSPropOptimizer`` update, names and defaults."""
+
+import jax
+import optax
+
+from optax_rmsprop import _alias
+from optax_rmsprop import _checks
+
+
+def tf1_rmsprop(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: jax.typing.ArrayLike = 0.9,
+    momentum: jax.typing.ArrayLike = 0.0,
+    epsilon: jax.typing.ArrayLike = 1e-10,
+    centered: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RMSprop as TF1's ``RMSPropOptimizer`` (and ``ApplyRMSProp``) computes it.
+
+    The mean square starts at **one**, eps goes inside the root, and the
+    learning rate enters the momentum buffer:
+
+    .. math::
+
+        ms_t = \rho\,ms_{t-1} + (1 - \rho)\,g_t^2, \quad ms_0 = 1, \qquad
+        mom_t = \beta\,mom_{t-1} + \frac{\eta\,g_t}{\sqrt{ms_t - [mg_t^2]
+        + \epsilon}}, \qquad \theta_t = \theta_{t-1} - mom_t,
+
+    with :math:`mg_t = \rho\,mg_{t-1} + (1 - \rho) g_t` when ``centered``.
+    That is :func:`rmsprop` with ``initial_scale=1`` (the accumulator start
+    is why TF1 models take small first steps). The one intended difference:
+    the centered variance is clamped at zero.
+
+    Args:
+        learning_rate: a number or an optax schedule of the step count.
+        decay: discounting factor of the averages, in [0, 1].
+        momentum: momentum factor in [0, 1]; 0 keeps no buffer.
+        epsilon: added inside the root, at least 0.
+        centered: normalise by the running standard deviation.
+
+    Returns:
+        An :class:`optax.GradientTransformationExtraArgs` (see :func:`rmsprop`).
+
+    Raises:
+        ValueError: ``decay`` or ``momentum`` outside [0, 1], or a negative
+            ``epsilon``.
+
+    Example:
+        First step, g = 2, decay 0.9: ms = 0.9 * 1 + 0.1 * 4 = 1.3, so the
+        parameter moves by -0.1 * 2 / sqrt(1.3) = -0.1754116:
+
+        >>> import jax.numpy as jnp
+        >>> import optax_rmsprop
+        >>> tx = optax_rmsprop.tf1_rmsprop(learning_rate=0.1)
+        >>> updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> print(updates)
+        [-0.17541161]
+    """
+    _checks.check_in_range("decay", decay, 0.0, 1.0)
+    _checks.check_in_range("momentum", momentum, 0.0, 1.0)
+    _checks.check_non_negative("epsilon", epsilon)
+    return _alias.rmsprop(
+        learning_rate,
+        decay=decay,
+        eps=epsilon,
+        initial_scale=1.0,
+        eps_in_sqrt=True,
+        centered=centered,
+        momentum=None if _checks.is_plain_zero(momentum) else momentum,
+    )
