@@ -4,16 +4,22 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 demo: $(VENV)/.examples
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/train_digits.py
 
 test: $(VENV)/.test $(VENV)/.examples
 	$(BIN)/python -m pytest -n 2
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks
+
+# Regenerates the images the README shows.
+docs: $(VENV)/.examples
+	$(BIN)/python examples/train_digits.py --out docs
+	$(BIN)/python examples/adagrad_vs_rmsprop.py --out docs
+	$(BIN)/python examples/ravine.py --out docs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
