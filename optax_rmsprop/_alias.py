@@ -79,8 +79,10 @@ def rmsprop(
         weight_decay_mask: a tree of booleans (or a function of the params
             returning one) choosing which parameters decay, as in
             :func:`optax.add_decayed_weights`.
-        nu_dtype: the averages' dtype; ``None`` is float32 for bf16/f16
-            parameters. The momentum buffer follows the same rule.
+        nu_dtype: the averages' storage, as in :func:`scale_by_rms`
+            (``None``, a floating dtype, ``jnp.bfloat16`` or ``"int8"``). The
+            momentum buffer is float32 for bf16/f16 parameters, else takes a
+            plain floating ``nu_dtype`` or the parameter's dtype.
 
     Returns:
         An :class:`optax.GradientTransformationExtraArgs` built by one
@@ -140,7 +142,7 @@ def _decoupled_weight_decay(weight_decay, mask) -> tuple:
 def _momentum_or_identity(momentum, nesterov, nu_dtype):
     if momentum is None:
         return optax.identity()
-    nu_dtype = _checks.canonical_float_dtype("nu_dtype", nu_dtype)
+    nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
     return _momentum.momentum(
         momentum, nesterov, lambda dtype: tm.first_moment_dtype(dtype, nu_dtype)
     )

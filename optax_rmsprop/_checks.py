@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optax_rmsprop import _storage
+
 
 def check_in_range(name: str, value: Any, low: float, high: float) -> None:
     """Raises ``ValueError`` if a plain number ``value`` lies outside [low, high]."""
@@ -39,19 +41,31 @@ def canonical_float_dtype(name: str, dtype: Any) -> jnp.dtype | None:
     """
     if dtype is None:
         return None
+    message = f"`{name}` must be None or a floating dtype such as jnp.float32"
     try:
         canonical = jnp.dtype(dtype)
     except TypeError as error:
-        raise ValueError(
-            f"`{name}` must be None or a floating dtype such as jnp.float32, "
-            f"got {dtype!r}."
-        ) from error
+        raise ValueError(f"{message}, got {dtype!r}.") from error
     if not jnp.issubdtype(canonical, jnp.floating):
-        raise ValueError(
-            f"`{name}` must be None or a floating dtype such as jnp.float32, "
-            f"got {dtype!r}."
-        )
+        raise ValueError(f"{message}, got {dtype!r}.")
     return canonical
+
+
+def canonical_nu_dtype(name: str, nu_dtype: Any) -> Any:
+    """None, a floating ``jnp.dtype``, or the string ``"int8"`` (block-wise 8-bit).
+
+    Raises:
+        ValueError: for anything else, naming the allowed values.
+    """
+    if isinstance(nu_dtype, str) and nu_dtype == "int8":
+        return nu_dtype
+    try:
+        return canonical_float_dtype(name, nu_dtype)
+    except ValueError as error:
+        raise ValueError(
+            f"`{name}` must be None, a floating dtype (jnp.float32, "
+            f'jnp.bfloat16, ...) or "int8", got {nu_dtype!r}.'
+        ) from error
 
 
 def check_inexact_params(params: Any) -> None:
@@ -72,21 +86,23 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
     with no hint that the state was built for other parameters.
     """
     updates_structure = jax.tree.structure(updates, is_leaf=_is_none)
-    moments_structure = jax.tree.structure(moments, is_leaf=_is_none)
+    moment_leaves, moments_structure = jax.tree.flatten(
+        moments, is_leaf=_storage.is_stored_leaf
+    )
     if updates_structure != moments_structure:
         raise ValueError(
             "The gradient tree does not match the optimizer state: was `init` "
             "called with other parameters?\n"
             f"  updates: {updates_structure}\n  state:   {moments_structure}"
         )
-    for (path, g), m in zip(
-        jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(moments)
-    ):
-        if jnp.shape(g) != jnp.shape(m):
+    gradient_leaves = jax.tree_util.tree_leaves_with_path(updates)
+    moment_leaves = [m for m in moment_leaves if m is not None]
+    for (path, g), m in zip(gradient_leaves, moment_leaves):
+        if jnp.shape(g) != _storage.stored_shape(m):
             where = jax.tree_util.keystr(path) or "<root>"
             raise ValueError(
                 f"The gradient at {where} has shape {jnp.shape(g)} but its "
-                f"optimizer state has shape {jnp.shape(m)}."
+                f"optimizer state has shape {_storage.stored_shape(m)}."
             )
 
 

@@ -8,24 +8,59 @@ libraries.
 
 import functools
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optax_rmsprop import _checks
+from optax_rmsprop import _storage
 from optax_rmsprop import _tree_math as tm
 
 
-@functools.cache
-def state_class(centered: bool, bias_correction: bool) -> type:
-    """The ``NamedTuple`` class that ``optax.rmsprop`` keeps for these options.
+class CompactRmsState(NamedTuple):
+    """State of :func:`scale_by_rms` with compact (bf16 or int8) storage.
 
-    optax 0.2.8 exports ``ScaleByRmsState`` and ``ScaleByRStdDevState`` but
-    not their ``WithCount`` siblings, so the class is read off the state of
+    Attributes:
+        count: int32 scalar, steps taken; keys the stochastic rounding (and
+            the bias correction when it is on).
+        nu: the average of squares, per leaf a bf16 array, an
+            :class:`Int8Blocks`, or (int8 storage, leaves under 4096 elements)
+            a float32 array.
+    """
+
+    count: jax.Array
+    nu: Any
+
+
+class CompactRStdDevState(NamedTuple):
+    """State of :func:`scale_by_stddev` with compact storage.
+
+    Attributes:
+        count: int32 scalar, steps taken.
+        mu: the running mean, bf16 (stochastically rounded; complex stays
+            complex).
+        nu: the average of squares, as in :class:`CompactRmsState`.
+    """
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+@functools.cache
+def state_class(centered: bool, bias_correction: bool, compact: bool = False) -> type:
+    """The state ``NamedTuple`` class for these options.
+
+    Without compact storage it is the class ``optax.rmsprop`` keeps. optax
+    0.2.8 exports ``ScaleByRmsState`` and ``ScaleByRStdDevState`` but not
+    their ``WithCount`` siblings, so the class is read off the state of
     optax's own public factory; ``jax.eval_shape`` traces ``init`` on an
     empty tree without touching a device.
     """
+    if compact:
+        return CompactRStdDevState if centered else CompactRmsState
     factory = optax.scale_by_stddev if centered else optax.scale_by_rms
     return type(jax.eval_shape(factory(bias_correction=bias_correction).init, ()))
 
@@ -48,26 +83,40 @@ def rms_scaler(
 ) -> optax.GradientTransformation:
     """Builds the scaler; see ``scale_by_rms`` for the maths and arguments."""
     check_hyperparameters(decay, eps, initial_scale)
-    nu_dtype = _checks.canonical_float_dtype("nu_dtype", nu_dtype)
-    state_cls = state_class(centered, bias_correction)
+    nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
+    compact = _storage.needs_count(nu_dtype)
+    state_cls = state_class(centered, bias_correction, compact)
+    counts_steps = bias_correction or compact
 
     def init_fn(params):
         _checks.check_inexact_params(params)
+        nu = tm.full_like(params, initial_scale, _nu_dtype_of)
+        mu = tm.full_like(params, 0, _mu_dtype_of) if centered else None
         return _state(
-            nu=tm.full_like(params, initial_scale, _nu_dtype_of),
-            mu=tm.full_like(params, 0, _mu_dtype_of) if centered else None,
+            nu=_storage.init_tree(nu, nu_dtype),
+            mu=_storage.init_mean_tree(mu, nu_dtype),
             count=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(updates, state, params=None):
         del params  # Unused.
         _checks.check_tree_matches(updates, state.nu)
-        nu = tm.ema_of_squares(updates, state.nu, decay)
-        mu = tm.ema(updates, state.mu, decay) if centered else None
-        count = optax.safe_increment(state.count) if bias_correction else None
+        count = optax.safe_increment(state.count) if counts_steps else None
+        nu = tm.ema_of_squares(updates, _decoded(updates, state.nu), decay)
+        mu = tm.ema(updates, _decoded(updates, state.mu), decay) if centered else None
         variance = _variance(nu, mu, count)
         scaled = tm.scale_by_inverse_rms(updates, variance, eps, eps_in_sqrt)
-        return scaled, _state(nu=nu, mu=mu, count=count)
+        return scaled, _state(
+            nu=_stored(nu, state.nu, count),
+            mu=_stored(mu, state.mu, count) if centered else None,
+            count=count,
+        )
+
+    def _decoded(updates, stored):
+        return _storage.decode_tree(updates, stored) if compact else stored
+
+    def _stored(values, previous, count):
+        return _storage.encode_tree(values, previous, count) if compact else values
 
     def _variance(nu, mu, count):
         """The debiased second moment, centred by the mean when asked."""

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_rmsprop import _core
+from optax_rmsprop import _storage
 from optax_rmsprop import _tree_math as tm
 
 
@@ -28,6 +29,7 @@ def effective_learning_rate(
     decay: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_in_sqrt: bool = True,
+    bias_correction: bool | None = None,
 ) -> Any:
     r"""The per-element step size the current average implies, shaped like the params.
 
@@ -53,6 +55,10 @@ def effective_learning_rate(
             bias-corrected state).
         eps: the ``eps`` the state was built with.
         eps_in_sqrt: the ``eps_in_sqrt`` the state was built with.
+        bias_correction: whether the state was built with bias correction;
+            ``None`` reads it off optax's state class (a ``WithCount`` state
+            is bias-corrected), and means no for compact-storage states, whose
+            count also keys the rounding.
 
     Returns:
         A pytree shaped like the parameters, in the averages' dtype.
@@ -73,7 +79,7 @@ def effective_learning_rate(
     """
     rms_state = find_rms_state(opt_state)
     lr = _learning_rate_now(opt_state, learning_rate)
-    variance = _variance(rms_state, decay)
+    variance = _variance(rms_state, decay, bias_correction)
     if eps_in_sqrt:
         return tm.map_leaves(lambda v: lr * jax.lax.rsqrt(v + eps), variance)
     return tm.map_leaves(lambda v: lr / (jnp.sqrt(v) + eps), variance)
@@ -93,14 +99,19 @@ def rms_summary(
     Args:
         opt_state: as for :func:`effective_learning_rate`.
         learning_rate: as for :func:`effective_learning_rate`.
-        **state_options: ``decay``, ``eps``, ``eps_in_sqrt`` as for
+        **state_options: ``decay``, ``eps``, ``eps_in_sqrt``,
+            ``bias_correction`` as for
             :func:`effective_learning_rate`.
 
     Returns:
         A dict of float scalars, empty leaves left out.
     """
     rms_state = find_rms_state(opt_state)
-    variance = _variance(rms_state, state_options.get("decay", 0.9))
+    variance = _variance(
+        rms_state,
+        state_options.get("decay", 0.9),
+        state_options.get("bias_correction"),
+    )
     rms = tm.map_leaves(jnp.sqrt, variance)
     lrs = effective_learning_rate(opt_state, learning_rate, **state_options)
     summary = {}
@@ -119,7 +130,7 @@ RMS_STATE_CLASSES = tuple(
     _core.state_class(centered, bias)
     for centered in (False, True)
     for bias in (False, True)
-)
+) + (_core.CompactRmsState, _core.CompactRStdDevState)
 
 
 def find_rms_state(opt_state: Any) -> Any:
@@ -134,13 +145,20 @@ def find_rms_state(opt_state: Any) -> Any:
     )
 
 
-def _variance(rms_state, decay):
+def _variance(rms_state, decay, bias_correction):
     fields = rms_state._asdict()  # Not getattr: every tuple has a `count` method.
-    nu, mu = fields["nu"], fields.get("mu")
-    if "count" in fields:
+    nu = _storage.decode_tree(fields["nu"], fields["nu"])
+    mu = _storage.decode_tree(fields.get("mu"), fields.get("mu"))
+    if bias_correction is None:  # optax's classes say; compact ones count anyway.
+        bias_correction = "count" in fields and not _is_compact(rms_state)
+    if bias_correction:
         count = fields["count"]
         nu, mu = tm.debias(nu, decay, count), tm.debias(mu, decay, count)
     return nu if mu is None else tm.centered_variance(mu, nu)
+
+
+def _is_compact(rms_state):
+    return isinstance(rms_state, (_core.CompactRmsState, _core.CompactRStdDevState))
 
 
 def _learning_rate_now(opt_state, learning_rate):

@@ -18,6 +18,8 @@ def keras_rmsprop(
     epsilon: jax.typing.ArrayLike = 1e-7,
     centered: bool = False,
     weight_decay: jax.typing.ArrayLike | None = None,
+    *,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop exactly as Keras 3's ``keras.optimizers.RMSprop`` computes it.
 
@@ -46,6 +48,9 @@ def keras_rmsprop(
         epsilon: added inside the root, at least 0.
         centered: normalise by the running standard deviation.
         weight_decay: ``None`` or the decoupled decay rate, at least 0.
+        nu_dtype: storage of the average: ``None`` (float32 for bf16/f16
+            params), a floating dtype, ``jnp.bfloat16`` or ``"int8"`` (compact,
+            see :func:`scale_by_rms`).
 
     Returns:
         An :class:`optax.GradientTransformationExtraArgs` chaining
@@ -78,6 +83,7 @@ def keras_rmsprop(
         eps=epsilon,
         centered=centered,
         momentum=None if _checks.is_plain_zero(momentum) else momentum,
+        nu_dtype=nu_dtype,
     )
     if weight_decay is None or _checks.is_plain_zero(weight_decay):
         return step

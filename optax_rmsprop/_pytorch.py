@@ -1,5 +1,7 @@
 """``pytorch_rmsprop``: ``torch.optim.RMSprop``'s update, names and defaults."""
 
+from typing import Any
+
 import jax
 import optax
 
@@ -18,6 +20,8 @@ def pytorch_rmsprop(
     momentum: jax.typing.ArrayLike = 0.0,
     centered: bool = False,
     maximize: bool = False,
+    *,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop exactly as ``torch.optim.RMSprop`` computes it.
 
@@ -58,6 +62,9 @@ def pytorch_rmsprop(
             values above 1, with which the buffer grows without bound).
         centered: normalise by the running standard deviation.
         maximize: maximise the objective (negate the gradient).
+        nu_dtype: storage of the average: ``None`` (float32 for bf16/f16
+            params), a floating dtype, ``jnp.bfloat16`` or ``"int8"`` (compact,
+            see :func:`scale_by_rms`).
 
     Returns:
         An :class:`optax.GradientTransformationExtraArgs`; its state holds
@@ -91,7 +98,9 @@ def pytorch_rmsprop(
         optax.chain(
             optax.scale(-1.0) if maximize else optax.identity(),
             *_coupled_weight_decay(weight_decay),
-            _rms.scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered),
+            _rms.scale_by_rms(
+                alpha, eps, 0.0, eps_in_sqrt=False, centered=centered, nu_dtype=nu_dtype
+            ),
             *_buffer_before_learning_rate(momentum),
             optax.scale_by_learning_rate(_as_schedule(lr)),
         )

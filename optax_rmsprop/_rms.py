@@ -61,22 +61,28 @@ def scale_by_rms(
             pull of a zero start (meant for ``initial_scale=0``).
         centered: divide by the running standard deviation instead of the
             root mean square; the same as :func:`scale_by_stddev`.
-        nu_dtype: dtype the average is computed and stored in. ``None`` keeps
-            the parameter's precision, but float32 for bf16/f16 parameters
-            and the real dtype for complex ones; ``jnp.bfloat16`` reproduces
-            optax on bf16 parameters.
+        nu_dtype: how the average is stored. ``None`` keeps the parameter's
+            precision, but float32 for bf16/f16 parameters and the real dtype
+            for complex ones; another floating dtype computes and stores in
+            it. Two compact storages compute in float32 and store apart (see
+            ``optax_rmsprop._storage``): ``jnp.bfloat16`` (half the memory,
+            stochastic rounding so the average never freezes) and ``"int8"``
+            (a quarter: one byte per element plus a float32 scale per block of
+            256; leaves under 4096 elements stay float32). The step always uses
+            this step's exact float32 average.
 
     Returns:
         An :class:`optax.GradientTransformation` whose state is optax's
         ``ScaleByRmsState(nu)``, or ``ScaleByRmsWithCountState(count, nu)``
-        with ``bias_correction`` (``count`` an int32 scalar, ``nu`` shaped like
+        with ``bias_correction``, or ``CompactRmsState(count, nu)`` with a
+        compact ``nu_dtype`` (``count`` an int32 scalar, ``nu`` shaped like
         the parameters); the centered states are described in
         :func:`scale_by_stddev`. Each update leaf has its gradient's dtype.
 
     Raises:
         ValueError: ``decay`` outside [0, 1], a negative ``eps`` or
             ``initial_scale`` (plain numbers; arrays pass unchecked), or a
-            ``nu_dtype`` that is not a floating dtype.
+            ``nu_dtype`` that is not a floating dtype or ``"int8"``.
 
     Example:
         A first step with g = 2, decay 0.9 and eps 0 stores

@@ -51,15 +51,17 @@ def scale_by_stddev(
         eps_in_sqrt: add eps inside the square root (optax, Keras, TF1) or
             outside it (PyTorch).
         bias_correction: divide both averages by :math:`1 - \rho^t`.
-        nu_dtype: dtype both averages are computed and stored in; ``None``
-            keeps the parameter's precision but float32 for bf16/f16. The mean
-            of complex gradients is complex, their mean square real.
+        nu_dtype: how both averages are stored, as in :func:`scale_by_rms`;
+            with compact storage the mean is kept in bf16 (stochastically
+            rounded). The mean of complex gradients is complex, their mean
+            square real.
 
     Returns:
         An :class:`optax.GradientTransformation` whose state is optax's
         ``ScaleByRStdDevState(mu, nu)``, or
         ``ScaleByRStdDevWithCountState(count, mu, nu)`` with
-        ``bias_correction``.
+        ``bias_correction``, or ``CompactRStdDevState(count, mu, nu)`` with a
+        compact ``nu_dtype``.
 
     Raises:
         ValueError: ``decay`` outside [0, 1], a negative ``eps`` or

@@ -1,5 +1,7 @@
 """``tf1_rmsprop``: TF1's ``RMSPropOptimizer`` update, names and defaults."""
 
+from typing import Any
+
 import jax
 import optax
 
@@ -13,6 +15,8 @@ def tf1_rmsprop(
     momentum: jax.typing.ArrayLike = 0.0,
     epsilon: jax.typing.ArrayLike = 1e-10,
     centered: bool = False,
+    *,
+    nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop as TF1's ``RMSPropOptimizer`` (and ``ApplyRMSProp``) computes it.
 
@@ -36,6 +40,9 @@ def tf1_rmsprop(
         momentum: momentum factor in [0, 1]; 0 keeps no buffer.
         epsilon: added inside the root, at least 0.
         centered: normalise by the running standard deviation.
+        nu_dtype: storage of the average: ``None`` (float32 for bf16/f16
+            params), a floating dtype, ``jnp.bfloat16`` or ``"int8"`` (compact,
+            see :func:`scale_by_rms`).
 
     Returns:
         An :class:`optax.GradientTransformationExtraArgs` (see :func:`rmsprop`).
@@ -66,4 +73,5 @@ def tf1_rmsprop(
         eps_in_sqrt=True,
         centered=centered,
         momentum=None if _checks.is_plain_zero(momentum) else momentum,
+        nu_dtype=nu_dtype,
     )

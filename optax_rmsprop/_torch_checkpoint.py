@@ -20,6 +20,7 @@ import optax
 from optax_rmsprop import _complex_pairs
 from optax_rmsprop import _diagnostics
 from optax_rmsprop import _pytorch
+from optax_rmsprop import _storage
 
 # Our state field -> PyTorch's per-parameter state key.
 _TORCH_KEYS = {"nu": "square_avg", "mu": "grad_avg", "trace": "momentum_buffer"}
@@ -122,7 +123,9 @@ def _torch_buffers(opt_state):
             fields = node._asdict()
             for field in ("nu", "mu"):
                 if field in fields:
-                    buffers[_TORCH_KEYS[field]] = jax.tree.leaves(fields[field])
+                    stored = fields[field]
+                    decoded = _storage.decode_tree(stored, stored)
+                    buffers[_TORCH_KEYS[field]] = jax.tree.leaves(decoded)
         return node
 
     _map_state_nodes(collect, opt_state)
@@ -168,7 +171,7 @@ def _torch_per_param_states(state_dict, n_leaves):
 
 
 def _fill_leaves(template, per_param, key, paths):
-    leaves, treedef = jax.tree.flatten(template)
+    leaves, treedef = jax.tree.flatten(template, is_leaf=_storage.is_stored_leaf)
     new_leaves = []
     for leaf, torch_state, path in zip(leaves, per_param, paths):
         if not torch_state:
@@ -180,12 +183,13 @@ def _fill_leaves(template, per_param, key, paths):
                 f"'{key}': was it saved with other `momentum`/`centered`?"
             )
         value = _complex_pairs.as_real_pairs(jnp.asarray(torch_state[key].numpy()))
-        if value.shape != leaf.shape:
+        shape = _storage.stored_shape(leaf)
+        if value.shape != shape:
             raise ValueError(
                 f"The PyTorch '{key}' of the parameter at {path} has shape "
-                f"{tuple(value.shape)} but the leaf needs {tuple(leaf.shape)}."
+                f"{tuple(value.shape)} but the leaf needs {tuple(shape)}."
             )
-        new_leaves.append(value.astype(leaf.dtype))
+        new_leaves.append(_storage.store_like(value, leaf))
     return jax.tree.unflatten(treedef, new_leaves)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from optax_rmsprop import _storage
+
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -24,13 +26,15 @@ def _map(fn, tree, *rest):
 
 
 def moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
-    """The real dtype a parameter's second moment is stored in.
+    """The real dtype a parameter's second moment is computed in.
 
-    ``nu_dtype`` wins when given; otherwise bf16/f16 parameters keep a float32
-    average (a bf16 EMA with decay 0.999 rounds every increment away and
-    freezes) and complex parameters keep a real one (it averages ``|g|^2``).
+    A floating ``nu_dtype`` wins (it is then also the stored dtype); otherwise,
+    and for the compact storages (``jnp.bfloat16``, ``"int8"``, which compute
+    in float32 and store apart), bf16/f16 parameters keep a float32 average (a
+    bf16 EMA with decay 0.999 rounds every increment away and freezes) and
+    complex parameters keep a real one (it averages ``|g|^2``).
     """
-    if nu_dtype is not None:
+    if nu_dtype is not None and not _storage.needs_count(nu_dtype):
         return jnp.dtype(nu_dtype)
     real = jnp.finfo(param_dtype).dtype
     return jnp.dtype(jnp.float32) if real in _LOW_PRECISION else real

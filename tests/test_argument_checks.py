@@ -74,7 +74,7 @@ def test_negative_weight_decay_is_rejected(weight_decay):
 @pytest.mark.parametrize("nu_dtype", [jnp.int32, "foo", jnp.complex64, bool])
 @pytest.mark.parametrize("factory", _FACTORIES)
 def test_non_floating_nu_dtype_is_rejected(factory, nu_dtype):
-    message = re.escape("`nu_dtype` must be None or a floating dtype")
+    message = re.escape("`nu_dtype` must be None, a floating dtype")
     with pytest.raises(ValueError, match=message):
         factory(nu_dtype=nu_dtype)
 

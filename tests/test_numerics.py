@@ -244,33 +244,35 @@ def test_optax_bf16_average_freezes_while_ours_keeps_moving(second_scale):
     assert _relative_error(ours_nu[-201], ours_nu[-1]) > 0.05
 
 
-_BF16_PARITY_OPTIONS = [
-    {},
-    {"eps_in_sqrt": False},
-    {"bias_correction": True},
-    {"centered": True},
-    {"centered": True, "bias_correction": True},
-    {"initial_scale": 1.0},
-    {"momentum": 0.9},
-]
-
-
-@pytest.mark.parametrize("options", _BF16_PARITY_OPTIONS)
-def test_bf16_nu_dtype_reproduces_optax_bf16_bit_for_bit(options):
-    # Nesterov is left out: ours computes u + m t as (1 + m) t - m t_prev,
-    # which rounds differently in bf16.
-    rng = np.random.default_rng(1)
-    grads = rng.standard_normal((300, 64)) * np.logspace(-2, 2, 64)
-    grads = jnp.asarray(grads, jnp.bfloat16)
-    hyper = dict(learning_rate=0.1, decay=0.999, eps=1e-4, **options)
-    theirs, theirs_state = _run(optax.rmsprop(**hyper), grads)
-    ours, ours_state = _run(
-        optax_rmsprop.rmsprop(**hyper, nu_dtype=jnp.bfloat16), grads
+# nu_dtype=jnp.bfloat16 stores the average in bf16 but with stochastic
+# rounding (round up with probability equal to the discarded fraction), so
+# every stored value is unbiased and the increments optax rounds away survive
+# on average. The price is noise: each step adds a rounding error of at most
+# one ulp (2^-8 relative, variance <= 1/4 ulp^2) that decays by 0.999 per
+# step, so the stored error has a standard deviation up to
+# 0.5 ulp / sqrt(1 - 0.999^2) = 11 ulp = 4% of nu, 2% of the update. We
+# assert the mean signed error over all elements and steps is below 2^-9
+# (0.2%; the bias of round-to-nearest here is 31-41%) and the RMS error below
+# 2^-5 (3%).
+@pytest.mark.parametrize("second_scale", [0.1, 10.0])
+@pytest.mark.parametrize("params_dtype", [jnp.bfloat16, jnp.float32])
+def test_bf16_storage_tracks_a_change_of_gradient_scale(second_scale, params_dtype):
+    grads = jnp.concatenate(
+        [jnp.ones((1000, 256)), jnp.full((1000, 256), second_scale)]
+    )
+    grads = grads.astype(jnp.bfloat16)
+    reference, _ = _run(optax.rmsprop(1.0, decay=0.999), grads.astype(jnp.float32))
+    ours, state = _run(
+        optax_rmsprop.rmsprop(1.0, decay=0.999, nu_dtype=jnp.bfloat16),
+        grads.astype(params_dtype),
     )
 
-    np.testing.assert_array_equal(ours, theirs)
-    assert ours_state[0].nu.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(ours_state[0].nu, theirs_state[0].nu)
+    assert state[0].nu.dtype == jnp.bfloat16
+    assert ours.dtype == params_dtype
+    reference = np.asarray(reference, np.float64)
+    error = (np.asarray(ours, np.float64) - reference) / reference
+    assert abs(error.mean()) < 2**-9
+    assert np.sqrt(np.mean(error**2)) < 2**-5
 
 
 # --- float16 parameters -----------------------------------------------------
@@ -438,14 +440,20 @@ def test_nu_dtype_float32_on_bf16_params():
 
 
 def test_nu_dtype_bfloat16_on_float32_params():
-    # g = 2, decay 0.9, eps 0: nu = 0.4 rounded to bf16's grid of 2^-9 in
-    # [0.25, 0.5): 205 / 512 = 0.400390625. The update stays float32 and is
-    # sqrt(10) to bf16 precision (one ulp, 2^-7, relative).
-    params = jnp.zeros((2,), jnp.float32)
+    # g = 2, decay 0.9, eps 0: nu = 0.4 = 204.8 / 512 lies between two bf16
+    # numbers of [0.25, 0.5) (grid 2^-9): 204/512 and 205/512. Stochastic
+    # rounding stores one of them (205/512 with probability 0.8). The update
+    # is computed from the float32 average of this step, so it is exactly
+    # -sqrt(10) in float32; the momentum buffer stays float32.
+    params = jnp.zeros((4096,), jnp.float32)
     tx = optax_rmsprop.rmsprop(1.0, eps=0.0, momentum=0.9, nu_dtype=jnp.bfloat16)
-    updates, state = tx.update(jnp.full((2,), 2.0, jnp.float32), tx.init(params))
+    updates, state = tx.update(jnp.full((4096,), 2.0, jnp.float32), tx.init(params))
 
-    assert state[0].nu.dtype == state[2].trace.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(state[0].nu.astype(jnp.float32), [0.400390625] * 2)
+    assert state[0].nu.dtype == jnp.bfloat16
+    assert state[2].trace.dtype == jnp.float32
+    stored = np.asarray(state[0].nu.astype(jnp.float32))
+    assert set(stored.tolist()) == {204 / 512, 205 / 512}
+    # 4096 draws with p = 0.8: standard deviation sqrt(4096 * 0.16) = 26.
+    assert abs(np.sum(stored == 205 / 512) - 0.8 * 4096) < 5 * 26
     assert updates.dtype == jnp.float32
-    np.testing.assert_allclose(updates, [-math.sqrt(10)] * 2, rtol=2**-7)
+    np.testing.assert_allclose(updates, -np.float32(math.sqrt(10)), rtol=1e-7)

@@ -1,0 +1,261 @@
+"""How the running average of squares is stored between steps.
+
+Three storage options, picked by ``nu_dtype``:
+
+* a floating dtype (or ``None``): the average is stored as an array of that
+  dtype, cast with round-to-nearest (float32 by default for bf16/f16 params);
+* ``jnp.bfloat16``: stored in bf16 but computed in float32 and written back
+  with *stochastic rounding*. Round-to-nearest freezes an EMA: with decay
+  0.999 an increment ``0.001 * (g**2 - nu)`` below half a bf16 ulp
+  (``2**-9 * nu``) is always rounded away. Rounding up with probability equal
+  to the discarded fraction makes the stored value unbiased, so the average
+  keeps tracking. The random bits are a hash of the element's index and the
+  step count: deterministic, free of memory traffic, and fresh every step;
+* ``"int8"``: :class:`Int8Blocks`, one byte per element plus one float32
+  scale per block of 256 elements of the flattened leaf. The byte is an
+  unsigned 8-bit float relative to the block's scale (5 exponent bits, 3
+  mantissa bits: 31 binades below ``16 * scale``, relative spacing 1/8), so
+  small averages in a block holding a large one keep their magnitude instead
+  of collapsing to zero. Stochastic rounding again keeps it unbiased. The
+  scale is the largest average the block stored at the previous step (found
+  from the codes alone, a one-byte pass), and the code reaches 16x above it
+  so a growing average has room. Leaves under 4096 elements stay float32.
+
+Whatever is stored, the step itself always uses the exact float32 average of
+this step, ``decay * stored + (1 - decay) * g**2``: quantisation only blurs
+the history, and ``|update| <= 1 / sqrt(1 - decay)`` holds as in float32.
+"""
+
+import math
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+INT8 = "int8"
+BLOCK_SIZE = 256
+MIN_QUANTISED_SIZE = 4096
+_HEADROOM = 4  # Binades of room above the block scale for a growing average.
+_EXPONENT_BIAS = 127 - 31 + _HEADROOM  # Code exponent e in 1..31 -> 2**(e-31+4).
+_SMALLEST = 2.0 ** (1 - 31 + _HEADROOM)  # Code 8 (e = 1, m = 0), relative to scale.
+
+
+class Int8Blocks(NamedTuple):
+    """A non-negative float32 array stored as one byte per element.
+
+    Attributes:
+        codes: uint8 array of the parameter's shape; ``code = 8 * e + m``
+            stands for ``scale * 2**(e - 27) * (1 + m / 8)`` (``e >= 1``), and
+            0 for 0.
+        scales: float32 array, one scale per block of 256 consecutive
+            elements of the flattened leaf.
+    """
+
+    codes: jax.Array
+    scales: jax.Array
+
+
+def is_stored_leaf(x: Any) -> bool:
+    """True for ``None`` and :class:`Int8Blocks`: leaves of a stored-average tree."""
+    return x is None or isinstance(x, Int8Blocks)
+
+
+def needs_count(nu_dtype: Any) -> bool:
+    """Whether the storage is compact, drawing random bits keyed by a step count."""
+    if isinstance(nu_dtype, str):
+        return nu_dtype == INT8
+    return nu_dtype is not None and jnp.dtype(nu_dtype) == jnp.bfloat16
+
+
+def init_tree(filled: Any, nu_dtype: Any) -> Any:
+    """Stores a tree of filled averages (already shaped and sharded like params)."""
+    return jax.tree.map(lambda x: init_leaf(x, nu_dtype), filled, is_leaf=_is_none)
+
+
+def init_mean_tree(filled: Any, nu_dtype: Any) -> Any:
+    """Stores running means: bf16 (stochastically rounded) for compact storage.
+
+    Complex means stay complex: there is no complex bf16.
+    """
+    if not needs_count(nu_dtype):
+        return filled
+
+    def store(x):
+        if x is None or jnp.iscomplexobj(x):
+            return x
+        return x.astype(jnp.bfloat16)
+
+    return jax.tree.map(store, filled, is_leaf=_is_none)
+
+
+def decode_tree(anchor: Any, stored: Any) -> Any:
+    """The stored averages in compute precision, one per leaf of ``anchor``."""
+    return jax.tree.map(
+        lambda a, s: None if a is None else decode(s),
+        anchor,
+        stored,
+        is_leaf=is_stored_leaf,
+    )
+
+
+def encode_tree(values: Any, previous: Any, count: Any) -> Any:
+    """Stores ``values`` in the formats of ``previous`` (leaf index as salt)."""
+    leaves, treedef = jax.tree.flatten(previous, is_leaf=is_stored_leaf)
+    value_leaves = treedef.flatten_up_to(values)
+    stored = [
+        None if p is None else encode(v, p, count, salt)
+        for salt, (v, p) in enumerate(zip(value_leaves, leaves))
+    ]
+    return jax.tree.unflatten(treedef, stored)
+
+
+def store_like(value: jax.Array, template: Any) -> Any:
+    """Stores ``value`` (compute precision) in ``template``'s format, afresh."""
+    if isinstance(template, Int8Blocks):
+        return init_leaf(value.astype(jnp.float32), INT8)
+    return value.astype(template.dtype)
+
+
+def stored_shape(stored: Any) -> tuple:
+    """The parameter shape a stored leaf stands for."""
+    return jnp.shape(stored.codes if isinstance(stored, Int8Blocks) else stored)
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def init_leaf(filled: jax.Array, nu_dtype: Any) -> Any:
+    """Stores ``filled`` (float32, already shaped and sharded like its param)."""
+    if nu_dtype == INT8:
+        if filled.size < MIN_QUANTISED_SIZE:
+            return filled
+        count = jnp.zeros([], jnp.int32)
+        return _encode_int8(filled, _fresh_scales(filled), count, 0)
+    return filled.astype(_plain_dtype(nu_dtype, filled.dtype))
+
+
+def decode(stored: Any) -> jax.Array:
+    """A stored leaf in its compute precision (bf16 and int8 compute in float32)."""
+    if isinstance(stored, Int8Blocks):
+        scales = _per_element(stored.scales, stored.codes.shape)
+        return _decode_int8(stored.codes, scales)
+    if stored.dtype == jnp.bfloat16:
+        return stored.astype(jnp.float32)
+    return stored
+
+
+def encode(value: jax.Array, previous: Any, count: jax.Array, salt: int) -> Any:
+    """Stores ``value`` in ``previous``'s format; ``salt`` tells leaves apart."""
+    if isinstance(previous, Int8Blocks):
+        scales = _next_scales(previous)
+        return _encode_int8(value, scales, count, salt)
+    if previous.dtype == jnp.bfloat16 and value.dtype == jnp.float32:
+        return stochastic_round_to_bf16(value, count, salt)
+    return value.astype(previous.dtype)
+
+
+def stored_bytes(stored_tree: Any) -> int:
+    """Bytes held by a stored-average tree (codes and scales included)."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(stored_tree))
+
+
+def stochastic_round_to_bf16(x: jax.Array, count: jax.Array, salt: int) -> jax.Array:
+    """Rounds float32 ``x`` to bf16 up or down, with the chance of each unbiased.
+
+    bf16 is the top 16 bits of float32: adding 16 uniform random bits to the
+    low half before truncating rounds the magnitude up with probability equal
+    to the discarded fraction.
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    noise = _random_bits(x.shape, count, salt) & jnp.uint32(0xFFFF)
+    rounded = (bits + noise) & jnp.uint32(0xFFFF0000)
+    return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
+
+
+def _plain_dtype(nu_dtype, default):
+    if nu_dtype is None or isinstance(nu_dtype, str):
+        return default
+    return jnp.dtype(nu_dtype)
+
+
+def _random_bits(shape, count, salt) -> jax.Array:
+    """32 hashed bits per element from (flat index, step count, leaf salt)."""
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * stride
+        stride *= shape[axis]
+    key = count.astype(jnp.uint32) * jnp.uint32(0x85EBCA6B) + jnp.uint32(salt)
+    return _mix32(index * jnp.uint32(0x9E3779B9) + _mix32(key))
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash (two multiply-xorshift rounds, "lowbias32")."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _decode_int8(codes: jax.Array, scales: jax.Array) -> jax.Array:
+    """Codes to float32 by building the float's bits: cheap, so XLA fuses it."""
+    q = codes.astype(jnp.uint32)
+    bits = ((q >> 3) + jnp.uint32(_EXPONENT_BIAS)) << 23 | ((q & 7) << 20)
+    magnitude = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    return jnp.where(q == 0, jnp.zeros_like(magnitude), magnitude) * scales
+
+
+def _encode_int8(value, scales, count, salt) -> Int8Blocks:
+    """Stochastically rounds ``value / scale`` to 3 mantissa bits and packs it."""
+    # A multiply by per-block reciprocals, not a divide: XLA will not recompute
+    # an "expensive" divide for its two uses below and would write it out.
+    relative = value.astype(jnp.float32) * _per_element(1 / scales, value.shape)
+    noise = _random_bits(value.shape, count, salt)
+    bits = jax.lax.bitcast_convert_type(relative, jnp.uint32)
+    bits = bits + (noise & jnp.uint32((1 << 20) - 1))
+    exponent = (bits >> 23).astype(jnp.int32) - _EXPONENT_BIAS
+    mantissa = ((bits >> 20) & 7).astype(jnp.int32)
+    code = jnp.clip(8 * exponent + mantissa, 0, 255)  # The top saturates.
+    # Below the smallest code (8, i.e. 2**-26): 8 with probability
+    # relative / 2**-26, else 0 -- still unbiased, never a lost magnitude.
+    uniform = (noise >> 8).astype(jnp.float32) * 2.0**-24
+    smallest = jnp.where(uniform * _SMALLEST < relative, 8, 0)
+    code = jnp.where(exponent < 1, smallest, code)
+    return Int8Blocks(codes=code.astype(jnp.uint8), scales=scales)
+
+
+def _next_scales(previous: Int8Blocks) -> jax.Array:
+    """Each block's largest stored value, decoded from its largest code.
+
+    The code is monotonic in the value, so the max of the codes (one byte
+    read per element) gives the max of the values. An all-zero block keeps
+    its previous scale.
+    """
+    largest = jnp.max(_blocks(previous.codes), axis=1)
+    block_max = _decode_int8(largest, previous.scales)
+    return jnp.where(block_max > 0, block_max, previous.scales)
+
+
+def _fresh_scales(filled: jax.Array) -> jax.Array:
+    """Initial scales: the block maxima of ``filled`` (1 for all-zero blocks)."""
+    largest = jnp.max(_blocks(filled.astype(jnp.float32)), axis=1)
+    return jnp.where(largest > 0, largest, jnp.ones_like(largest))
+
+
+def _blocks(x: jax.Array) -> jax.Array:
+    """``x`` flattened and cut into rows of 256 (the last padded with zeros)."""
+    flat = x.reshape(-1)
+    padding = -flat.size % BLOCK_SIZE
+    if padding:
+        flat = jnp.pad(flat, (0, padding))
+    return flat.reshape(-1, BLOCK_SIZE)
+
+
+def _per_element(scales: jax.Array, shape) -> jax.Array:
+    """Each element's block scale, shaped like the leaf."""
+    size = math.prod(shape)
+    per_block = jnp.broadcast_to(scales[:, None], (scales.shape[0], BLOCK_SIZE))
+    return per_block.reshape(-1)[:size].reshape(shape)
