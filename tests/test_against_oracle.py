@@ -361,3 +361,12 @@ def test_centered_bias_corrected_first_step_divides_by_eps_alone(eps_in_sqrt, ex
         decay=0.5, eps=0.25, eps_in_sqrt=eps_in_sqrt, bias_correction=True
     )
     np.testing.assert_allclose(_first_update(tx, [2.0]), [expected], rtol=1e-6)
+
+
+def test_zero_gradient_with_eps_0_gives_zero_update():
+    # Before any gradient nu = 0, so with eps 0 the step is 0 / sqrt(0): the
+    # update of a zero gradient is defined as 0 (optax gives 0 * inf = NaN),
+    # and the other element, g = 2, still gets sqrt(10) (first test).
+    tx = optax_rmsprop.scale_by_rms(decay=0.9, eps=0.0)
+    u = _first_update(tx, [0.0, 2.0])
+    np.testing.assert_allclose(u, [0.0, math.sqrt(10)], rtol=1e-6, atol=0)
