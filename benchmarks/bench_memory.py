@@ -1,0 +1,98 @@
+"""Memory traffic and footprint of the compiled step, from XLA's own analyses.
+
+For every variant of ``optax_rmsprop.rmsprop`` and the ``optax.rmsprop`` it is
+compared with, ``jit(update + apply_updates)`` (params and state donated) is
+compiled for abstract parameters -- nothing is allocated -- and read out:
+
+* bytes accessed per parameter per step (``cost_analysis()["bytes
+  accessed"]``), and the same in float32 passes (bytes / 4);
+* optimizer state bytes per parameter (``tx.init`` traced abstractly);
+* peak bytes per parameter of the step: arguments + outputs not aliased to
+  donated arguments + temporaries (``memory_analysis()``).
+"""
+
+import functools
+
+import jax
+
+from benchmarks import _report
+from benchmarks import _shapes
+from benchmarks import _steps
+from benchmarks import _variants
+
+SHAPES = ("large_leaf", "resnet50")
+OURS, OPTAX = "optax_rmsprop", "optax"
+
+
+def run(smoke: bool, repeats: int | None = None) -> list[dict]:
+    """The records; ``smoke``: tiny shapes, one round, XLA's fastest compile."""
+    with _steps.fast_compile(smoke):
+        return _run(smoke, repeats)
+
+
+def _run(smoke, repeats) -> list[dict]:
+    del repeats  # Analyses, not timings: one compile each.
+    shape_sets = _shapes.shape_sets(smoke)
+    variants = _variants.all_variants(smoke)
+    jobs = []
+    for shape in SHAPES:
+        params = _shapes.abstract_tree(shape_sets[shape])
+        for v in variants:
+            jobs.append((shape, v.name, OURS, _variants.ours(v), params))
+            if _variants.baseline(v, variants) == v.name:
+                jobs.append((shape, v.name, OPTAX, _variants.theirs(v), params))
+    return _steps.in_parallel([functools.partial(_analyse, *job) for job in jobs])
+
+
+def _analyse(shape, variant, library, tx, params) -> dict:
+    compiled = _steps.compile_step(tx, params, params)
+    size = sum(x.size for x in jax.tree.leaves(params))
+    per_parameter = _steps.bytes_accessed(compiled) / size
+    record = {"kind": "memory", "shape": shape, "parameters": size}
+    record |= {"variant": variant, "library": library}
+    record |= {"bytes_accessed_per_parameter": per_parameter}
+    record |= {"f32_passes": per_parameter / 4}
+    record |= {"state_bytes_per_parameter": _steps.state_bytes(tx, params) / size}
+    peak = _steps.peak_bytes(compiled)
+    return (
+        record if peak is None else record | {"peak_bytes_per_parameter": peak / size}
+    )
+
+
+def table(records: list[dict]) -> str:
+    parts = []
+    for shape in dict.fromkeys(r["shape"] for r in records):
+        parts.append(_shape_table([r for r in records if r["shape"] == shape]))
+    return "\n\n".join(parts)
+
+
+def _shape_table(records) -> str:
+    optax = {r["variant"]: r for r in records if r["library"] == OPTAX}
+    variants = _variants.all_variants()
+    title = (
+        f"Memory per parameter, {records[0]['shape']} "
+        f"({records[0]['parameters'] / 1e6:.3g}M parameters): compiled step "
+        "(XLA analyses); optax_rmsprop / optax"
+    )
+    headers = ["variant", "f32 passes/step", "bytes accessed", "state bytes"]
+    headers += ["peak bytes (step)"]
+    rows = []
+    for r in (r for r in records if r["library"] == OURS):
+        match = [v for v in variants if v.name == r["variant"]]
+        theirs = optax[_variants.baseline(match[0], variants) if match else "default"]
+        rows.append([r["variant"]] + [_pair(r, theirs, k) for k in _COLUMNS])
+    return _report.table(title, headers, rows)
+
+
+_COLUMNS = (
+    "f32_passes",
+    "bytes_accessed_per_parameter",
+    "state_bytes_per_parameter",
+    "peak_bytes_per_parameter",
+)
+
+
+def _pair(ours, theirs, key) -> str:
+    if key not in ours:
+        return "n/a"
+    return f"{ours[key]:.4g} / {theirs[key]:.4g}"
