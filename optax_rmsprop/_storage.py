@@ -70,7 +70,11 @@ def needs_count(nu_dtype: Any) -> bool:
 
 def init_tree(filled: Any, nu_dtype: Any) -> Any:
     """Stores a tree of filled averages (already shaped and sharded like params)."""
-    return jax.tree.map(lambda x: init_leaf(x, nu_dtype), filled, is_leaf=_is_none)
+    return jax.tree.map(
+        lambda x: None if x is None else init_leaf(x, nu_dtype),
+        filled,
+        is_leaf=_is_none,
+    )
 
 
 def init_mean_tree(filled: Any, nu_dtype: Any) -> Any:

@@ -305,3 +305,14 @@ def test_per_element_noise_of_compact_storage(nu_dtype, decay, bound):
     compact = _drift_run(nu_dtype, decay)[20:]
     relative = (compact - full) / full
     assert np.sqrt(np.mean(relative**2)) < bound
+
+
+@pytest.mark.parametrize("nu_dtype", [None, jnp.float32, *_COMPACT])
+def test_none_leaves_in_params_are_kept_as_none(nu_dtype):
+    # optax accepts None leaves (e.g. frozen parts of a model); so must init.
+    params = {"frozen": None, "w": jnp.ones(8192)}
+    tx = optax_rmsprop.rmsprop(0.1, nu_dtype=nu_dtype)
+    state = tx.init(params)
+    updates, _ = tx.update({"frozen": None, "w": jnp.ones(8192)}, state, params)
+    assert updates["frozen"] is None
+    assert updates["w"].shape == (8192,)
