@@ -141,7 +141,7 @@ def _decoupled_weight_decay(weight_decay, mask) -> tuple:
 
 def _momentum_or_identity(momentum, nesterov, nu_dtype):
     if momentum is None:
-        return optax.identity()
+        return _momentum.no_momentum()
     nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
     return _momentum.momentum(
         momentum, nesterov, lambda dtype: tm.first_moment_dtype(dtype, nu_dtype)

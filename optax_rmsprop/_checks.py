@@ -33,6 +33,16 @@ def is_plain_zero(value: Any) -> bool:
     return isinstance(value, numbers.Real) and value == 0
 
 
+def is_plain_positive(value: Any) -> bool:
+    """True for a plain number that stays above 0 in float32; False for arrays.
+
+    "Stays": at least float32's smallest normal (1.2e-38); ``eps=1e-300``
+    is 0 once cast, and XLA:CPU flushes subnormals to zero.
+    """
+    smallest_normal = float(jnp.finfo(jnp.float32).tiny)
+    return isinstance(value, numbers.Real) and value >= smallest_normal
+
+
 def canonical_float_dtype(name: str, dtype: Any) -> jnp.dtype | None:
     """Returns ``dtype`` as a floating ``jnp.dtype`` (None passes through).
 
@@ -104,6 +114,23 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
                 f"The gradient at {where} has shape {jnp.shape(g)} but its "
                 f"optimizer state has shape {_storage.stored_shape(m)}."
             )
+
+
+def check_state_type(state: Any, expected: type, transform: str) -> None:
+    """Raises ``TypeError`` if ``state`` is not the ``expected`` state class.
+
+    A state saved with other options (centered, bias correction, storage,
+    momentum), or restored by orbax without a target (plain dicts and lists),
+    would otherwise fail deep inside the maths, or, for a transform that
+    ignores its state, be silently accepted.
+    """
+    if not isinstance(state, expected):
+        raise TypeError(
+            f"The optimizer state handed to {transform} is a "
+            f"{type(state).__name__}, but the transform keeps a "
+            f"{expected.__name__}: was the state built or saved with other "
+            "options, or restored without a target?"
+        )
 
 
 def _is_none(x: Any) -> bool:

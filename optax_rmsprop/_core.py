@@ -87,6 +87,7 @@ def rms_scaler(
     compact = _storage.needs_count(nu_dtype)
     state_cls = state_class(centered, bias_correction, compact)
     counts_steps = bias_correction or compact
+    eps_is_positive = _checks.is_plain_positive(eps)
 
     def init_fn(params):
         _checks.check_inexact_params(params)
@@ -100,12 +101,19 @@ def rms_scaler(
 
     def update_fn(updates, state, params=None):
         del params  # Unused.
+        _checks.check_state_type(state, state_cls, "the RMS scaler")
         _checks.check_tree_matches(updates, state.nu)
         count = optax.safe_increment(state.count) if counts_steps else None
-        nu = tm.ema_of_squares(updates, _decoded(updates, state.nu), decay)
+        # An average that overflowed last step (|g| > 1.8e19 in float32) is
+        # read as the largest finite value, so it is forgotten like any other
+        # instead of freezing the parameter at a zero update forever.
+        previous_nu = tm.capped(_decoded(updates, state.nu))
+        nu = tm.ema_of_squares(updates, previous_nu, decay)
         mu = tm.ema(updates, _decoded(updates, state.mu), decay) if centered else None
         variance = _variance(nu, mu, count)
-        scaled = tm.scale_by_inverse_rms(updates, variance, eps, eps_in_sqrt)
+        scaled = tm.scale_by_inverse_rms(
+            updates, variance, eps, eps_in_sqrt, eps_is_positive, centered
+        )
         return scaled, _state(
             nu=_stored(nu, state.nu, count),
             mu=_stored(mu, state.mu, count) if centered else None,

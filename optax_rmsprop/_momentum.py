@@ -37,11 +37,31 @@ def momentum(
 
     def update_fn(updates, state, params=None):
         del params  # Unused.
+        _checks.check_state_type(state, optax.TraceState, "momentum")
         trace = tm.accumulate(updates, state.trace, decay)
         if nesterov:
             updates = tm.nesterov_from_traces(trace, state.trace, decay, updates)
         else:
             updates = tm.cast_like(trace, updates)
         return updates, optax.TraceState(trace=trace)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def no_momentum() -> optax.GradientTransformation:
+    """``optax.identity()`` that refuses a momentum buffer in its place.
+
+    ``optax.identity`` ignores its state, so a state saved with momentum would
+    be accepted and its buffer silently dropped.
+    """
+
+    def init_fn(params):
+        del params  # Unused.
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params  # Unused.
+        _checks.check_state_type(state, optax.EmptyState, "the momentum slot")
+        return updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)

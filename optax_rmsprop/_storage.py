@@ -175,7 +175,11 @@ def stochastic_round_to_bf16(x: jax.Array, count: jax.Array, salt: int) -> jax.A
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     noise = _random_bits(x.shape, count, salt) & jnp.uint32(0xFFFF)
     rounded = (bits + noise) & jnp.uint32(0xFFFF0000)
-    return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
+    rounded = jax.lax.bitcast_convert_type(rounded, jnp.float32)
+    # Above bf16's largest value the carry would reach the exponent's top:
+    # inf, an average that never decays. Clip to the largest finite bf16.
+    largest = float(jnp.finfo(jnp.bfloat16).max)
+    return jnp.clip(rounded, -largest, largest).astype(jnp.bfloat16)
 
 
 def _plain_dtype(nu_dtype, default):

@@ -71,6 +71,19 @@ def _promoted(g: jax.Array, moment: jax.Array) -> jax.Array:
     return g.astype(jnp.promote_types(g.dtype, moment.dtype))
 
 
+def capped(tree: Any) -> Any:
+    """Every leaf with ``inf`` lowered to its dtype's largest finite value.
+
+    For the average read from the state: where ``|g|^2`` overflowed (``|g| >
+    1.8e19`` in float32) an infinite average would stay infinite and zero the
+    parameter's updates forever, while the largest finite value is forgotten
+    at the rate ``decay`` like any other. (Capping the previous average, not
+    the new one, leaves XLA's fusion of the step, and so its float32 bits,
+    exactly optax's.)
+    """
+    return _map(lambda x: jnp.minimum(x, jnp.finfo(x.dtype).max), tree)
+
+
 def ema_of_squares(updates: Any, nu: Any, decay: Any) -> Any:
     r"""``(1 - decay) * |g|^2 + decay * nu``, in and stored as ``nu``'s dtype."""
 
@@ -110,32 +123,57 @@ def debias(moment: Any, decay: Any, count: jax.Array) -> Any:
 
 
 def centered_variance(mu_hat: Any, nu_hat: Any) -> Any:
-    """``max(nu - |mu|^2, 0)``: rounding can push a near-zero variance negative."""
+    """``max(nu - |mu|^2, 0)``, and ``inf`` where ``nu`` overflowed.
+
+    Rounding can push a near-zero variance negative, hence the ``max``. Where
+    ``nu`` is ``inf`` (a square, or a debiased average, past the dtype's
+    range) the variance is ``inf`` too -- a zero step, as without centering
+    -- rather than ``inf - inf = NaN`` when ``|mu|^2`` overflowed as well.
+    """
 
     def variance(n, m):
         mean_square = m * m if jnp.isrealobj(m) else jnp.real(m * jnp.conj(m))
-        return jnp.maximum(n - mean_square, 0)
+        return jnp.where(jnp.isposinf(n), n, jnp.maximum(n - mean_square, 0))
 
     return _map(variance, nu_hat, mu_hat)
 
 
-def scale_by_inverse_rms(updates: Any, nu_hat: Any, eps: Any, eps_in_sqrt: bool) -> Any:
+def scale_by_inverse_rms(
+    updates: Any,
+    nu_hat: Any,
+    eps: Any,
+    eps_in_sqrt: bool,
+    eps_is_positive: bool,
+    centered: bool,
+) -> Any:
     r"""``g / sqrt(nu + eps)`` or ``g / (sqrt(nu) + eps)``, in ``g``'s dtype.
 
-    A zero gradient gives a zero update even where the denominator is zero
-    (``eps = 0`` before any gradient arrived), instead of ``0 * inf = NaN``.
+    Where the denominator can be zero (``eps`` not a plain positive number) a
+    zero gradient gives a zero update instead of ``0 * inf = NaN``, and an
+    uncentered zero average -- no gradient yet, or a square that underflowed,
+    ``|g| < 3e-19`` in float32 -- divides by 1 (the update is ``g``, at most
+    ``3e-19``) instead of returning ``g / 0 = inf``. A centered variance of
+    exactly zero with a nonzero gradient (a constant gradient, ``eps = 0``)
+    still gives ``inf``, as the maths does. With a plain ``eps > 0`` the
+    guard cannot fire and is left out, so the default step is exactly optax's.
     """
-    if eps_in_sqrt:
-        inverse_rms = lambda n: jax.lax.rsqrt(n + eps)
-    else:
-        inverse_rms = lambda n: 1 / (jnp.sqrt(n) + eps)
 
     def scale(g, n):
-        # Where g = 0 the denominator is replaced by 1 *before* the root: the
-        # update is then 0 * finite = 0, and so is its derivative (a `where`
-        # after the division would still differentiate 0 * inf = NaN).
-        safe_n = jnp.where(g == 0, jnp.ones_like(n), n)
-        return (inverse_rms(safe_n) * _promoted(g, n)).astype(g.dtype)
+        if eps_in_sqrt:
+            inverse_rms = jax.lax.rsqrt(_guarded(n + eps, g))
+        else:
+            # The root of a zero average has an infinite derivative: where
+            # g = 0 the root is taken of 1 instead, so a gradient *through*
+            # the step (meta-learning) is 0 * finite, not 0 * inf = NaN.
+            root = jnp.sqrt(jnp.where(g == 0, jnp.ones_like(n), n))
+            inverse_rms = 1 / _guarded(root + eps, g)
+        return (inverse_rms * _promoted(g, n)).astype(g.dtype)
+
+    def _guarded(denominator, g):
+        if eps_is_positive:
+            return denominator
+        is_zero = g == 0 if centered else denominator == 0
+        return jnp.where(is_zero, jnp.ones_like(denominator), denominator)
 
     return _map(scale, updates, nu_hat)
 
