@@ -16,6 +16,7 @@ _FAST_COMPILE = {
     "xla_llvm_disable_expensive_passes": True,
 }
 _compiler_options: dict = {}  # The options ``jit`` passes to XLA now.
+_COMPILED: dict = {}  # compile_step's executables, by optimizer, shapes, options.
 
 
 @contextlib.contextmanager
@@ -46,11 +47,24 @@ def optimizer_step(tx: optax.GradientTransformation):
     return step
 
 
-def compile_step(tx, params, grads):
-    """The donated step compiled for ``params``' shapes (arrays or abstract)."""
+def compile_step(tx, params, grads, key=None):
+    """The donated step compiled for ``params``' shapes (arrays or abstract).
+
+    With a ``key`` naming the optimizer (e.g. ``("optax", "nesterov")``), a
+    step already compiled for the same key, shapes and compiler options is
+    reused: the memory section analyses the steps the step-time section built.
+    """
+    if key is not None:
+        shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
+        key = (key, shapes, tuple(sorted(_compiler_options.items())))
+        if key in _COMPILED:
+            return _COMPILED[key]
     state = jax.eval_shape(tx.init, params)
     step = jit(optimizer_step(tx), donate_argnums=(0, 1))
-    return step.lower(params, state, grads).compile()
+    compiled = step.lower(params, state, grads).compile()
+    if key is not None:
+        _COMPILED[key] = compiled
+    return compiled
 
 
 def bytes_accessed(compiled) -> float:
@@ -74,9 +88,9 @@ def state_bytes(tx, params) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
-def optimizer_contender(name, tx, params, grads):
+def optimizer_contender(name, tx, params, grads, key=None):
     """A contender stepping its own copy of ``params``; and its compiled step."""
-    compiled = compile_step(tx, params, grads)
+    compiled = compile_step(tx, params, grads, key)
     box = copy_and_init(tx, params)
 
     def run(steps):

@@ -2,7 +2,8 @@
 
 For every variant of ``optax_rmsprop.rmsprop`` and the ``optax.rmsprop`` it is
 compared with, ``jit(update + apply_updates)`` (params and state donated) is
-compiled for abstract parameters -- nothing is allocated -- and read out:
+compiled for abstract parameters -- nothing is allocated; the steps the
+step-time section compiled are reused -- and read out:
 
 * bytes accessed per parameter per step (``cost_analysis()["bytes
   accessed"]``), and the same in float32 passes (bytes / 4);
@@ -45,7 +46,7 @@ def _run(smoke, repeats) -> list[dict]:
 
 
 def _analyse(shape, variant, library, tx, params) -> dict:
-    compiled = _steps.compile_step(tx, params, params)
+    compiled = _steps.compile_step(tx, params, params, key=(library, variant))
     size = sum(x.size for x in jax.tree.leaves(params))
     per_parameter = _steps.bytes_accessed(compiled) / size
     record = {"kind": "memory", "shape": shape, "parameters": size}

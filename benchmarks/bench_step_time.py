@@ -21,6 +21,7 @@ leaf, at most 1.10x the floor.
 """
 
 import gc
+import sys
 import time
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from benchmarks import _timing
 from benchmarks import _torch
 from benchmarks import _variants
 
-ROUNDS = 11
+ROUNDS = 9
 SAMPLE_SECONDS = 0.05  # Steps per sample are chosen to last about this long.
 OURS, OPTAX, ADD = "optax_rmsprop", "optax", "xla a+b"
 TORCH = {"torch foreach": True, "torch for-loop": False}
@@ -58,9 +59,14 @@ def _run(smoke, repeats) -> list[dict]:
     records = []
     for shape, leaves in _shapes.shape_sets(smoke).items():
         records += _bench_shape(shape, leaves, rounds, smoke)
+        _progress(f"step_time: {shape} done ({records[-1]['timing_s']:.0f} s timing)")
         if not smoke:  # Free the last shape's gigabytes before the next one.
             gc.collect()
     return records
+
+
+def _progress(message) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _bench_shape(shape, leaves, rounds, smoke) -> list[dict]:
@@ -115,7 +121,9 @@ def _jax_entries(variants, params, grads) -> list[_Entry]:
 
 def _jax_entry(library, variant, tx, params, grads) -> _Entry:
     name = f"{library}/{variant}"
-    contender, compiled = _steps.optimizer_contender(name, tx, params, grads)
+    contender, compiled = _steps.optimizer_contender(
+        name, tx, params, grads, key=(library, variant)
+    )
     size = sum(x.size for x in jax.tree.leaves(params))
     per_parameter = _steps.bytes_accessed(compiled) / size
     meta = {"kind": "step", "library": library, "variant": variant}
