@@ -114,6 +114,8 @@ def rmsprop(
         Graves, `Generating Sequences With Recurrent Neural Networks
         <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
+    _checks.check_learning_rate("learning_rate", learning_rate)
+    _checks.check_flag("nesterov", nesterov)
     if weight_decay is not None:
         _checks.check_non_negative("weight_decay", weight_decay)
     return optax.chain(

@@ -11,12 +11,56 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optax_rmsprop import _storage
 
 
+def check_real(name: str, value: Any) -> None:
+    """Raises ``TypeError`` unless ``value`` is a real number or array (or tracer).
+
+    A string or ``None`` would otherwise pass construction and fail inside
+    the first update with a message that names nothing.
+    """
+    if isinstance(value, numbers.Real):
+        return
+    if isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(
+        value.dtype, jnp.number
+    ):
+        if not jnp.issubdtype(value.dtype, jnp.complexfloating):
+            return
+    raise TypeError(
+        f"`{name}` must be a real number or array, got {value!r} "
+        f"({type(value).__name__})."
+    )
+
+
+def check_learning_rate(name: str, value: Any) -> None:
+    """Raises ``TypeError`` unless ``value`` is a real number, array or schedule.
+
+    The sign is not checked: ``optax.rmsprop`` accepts a negative learning
+    rate (gradient ascent).
+    """
+    if not callable(value):
+        check_real(name, value)
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raises ``TypeError`` unless ``value`` is a bool.
+
+    Flags pick a code path when the transform is built; a truthy string such
+    as ``"no"`` would silently pick the wrong one.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def check_in_range(name: str, value: Any, low: float, high: float) -> None:
-    """Raises ``ValueError`` if a plain number ``value`` lies outside [low, high]."""
+    """Raises ``ValueError`` if a plain number ``value`` lies outside [low, high].
+
+    Raises ``TypeError`` for a value that is no real number or array at all.
+    """
+    check_real(name, value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return
     if math.isnan(value) or not low <= value <= high:
@@ -80,12 +124,25 @@ def canonical_nu_dtype(name: str, nu_dtype: Any) -> Any:
 
 def check_inexact_params(params: Any) -> None:
     """Raises ``TypeError`` naming the first integer or boolean leaf of ``params``."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.inexact):
+    check_inexact_leaves("params", params)
+
+
+def check_inexact_leaves(name: str, tree: Any) -> None:
+    """Raises ``TypeError`` naming the first leaf of ``tree`` that is not inexact.
+
+    Integer or boolean leaves (and strings) have no meaningful RMS step: an
+    integer gradient would silently truncate it.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        where = jax.tree_util.keystr(path) or "<root>"
+        try:
+            dtype = jnp.result_type(leaf)
+        except TypeError:
+            dtype = type(leaf).__name__
+        if isinstance(dtype, str) or not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                "`params` must hold floating or complex arrays; the leaf at "
-                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}."
+                f"`{name}` must hold floating or complex arrays; the leaf at "
+                f"{where} has dtype {dtype}."
             )
 
 
@@ -105,6 +162,7 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
             "called with other parameters?\n"
             f"  updates: {updates_structure}\n  state:   {moments_structure}"
         )
+    check_inexact_leaves("updates", updates)
     gradient_leaves = jax.tree_util.tree_leaves_with_path(updates)
     moment_leaves = [m for m in moment_leaves if m is not None]
     for (path, g), m in zip(gradient_leaves, moment_leaves):

@@ -83,6 +83,9 @@ def rms_scaler(
 ) -> optax.GradientTransformation:
     """Builds the scaler; see ``scale_by_rms`` for the maths and arguments."""
     check_hyperparameters(decay, eps, initial_scale)
+    _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
+    _checks.check_flag("bias_correction", bias_correction)
+    _checks.check_flag("centered", centered)
     nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
     compact = _storage.needs_count(nu_dtype)
     state_cls = state_class(centered, bias_correction, compact)
@@ -103,6 +106,7 @@ def rms_scaler(
         del params  # Unused.
         _checks.check_state_type(state, state_cls, "the RMS scaler")
         _checks.check_tree_matches(updates, state.nu)
+        updates = tm.map_leaves(jnp.asarray, updates)  # Python float leaves too.
         count = optax.safe_increment(state.count) if counts_steps else None
         # An average that overflowed last step (|g| > 1.8e19 in float32) is
         # read as the largest finite value, so it is forgotten like any other

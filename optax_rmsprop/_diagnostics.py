@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_rmsprop import _checks
 from optax_rmsprop import _core
 from optax_rmsprop import _storage
 from optax_rmsprop import _tree_math as tm
@@ -77,6 +78,8 @@ def effective_learning_rate(
         >>> print(optax_rmsprop.effective_learning_rate(state, 0.1, eps=0.0))
         [0.15811388]
     """
+    _core.check_hyperparameters(decay, eps, 0.0)
+    _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
     rms_state = find_rms_state(opt_state)
     lr = _learning_rate_now(opt_state, learning_rate)
     variance = _variance(rms_state, decay, bias_correction)

@@ -88,8 +88,10 @@ def pytorch_rmsprop(
         >>> print(updates)
         [-1.]
     """
+    _checks.check_learning_rate("lr", lr)
     if not callable(lr):
-        _checks.check_non_negative("lr", lr)
+        _checks.check_non_negative("lr", lr)  # torch.optim refuses lr < 0.
+    _checks.check_flag("maximize", maximize)
     _checks.check_non_negative("eps", eps)
     _checks.check_non_negative("momentum", momentum)
     _checks.check_non_negative("weight_decay", weight_decay)

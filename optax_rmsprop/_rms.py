@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import optax
 
+from optax_rmsprop import _checks
 from optax_rmsprop import _core
 from optax_rmsprop import _stddev
 
@@ -101,6 +102,7 @@ def scale_by_rms(
         lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
         2012.
     """
+    _checks.check_flag("centered", centered)
     if centered:
         return _stddev.scale_by_stddev(
             decay, eps, initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype

@@ -53,6 +53,7 @@ def from_torch_state_dict(state_dict: dict, params: Any, **preset_kwargs: Any) -
             missing or has another shape than its leaf (the message names
             the leaf).
     """
+    _check_state_dict(state_dict)
     _check_saved_settings(state_dict, preset_kwargs)
     state = _pytorch.pytorch_rmsprop(**preset_kwargs).init(params)
     paths = _leaf_paths(params)
@@ -89,6 +90,7 @@ def to_torch_state_dict(opt_state: Any, params: Any, **preset_kwargs: Any) -> di
     Returns:
         ``{"state": {index: {...}}, "param_groups": [{...}]}`` with tensors.
     """
+    _pytorch.pytorch_rmsprop(**preset_kwargs)  # Checks the arguments' names and values.
     import torch  # Only this direction needs PyTorch.
 
     buffers, count = _torch_buffers(opt_state)
@@ -132,6 +134,19 @@ def _torch_buffers(opt_state):
     if not counts:
         raise ValueError("`opt_state` is not a pytorch_rmsprop state (no step count).")
     return buffers, counts[0]
+
+
+def _check_state_dict(state_dict):
+    """Refuses anything but a ``torch.optim`` state dict, naming the argument."""
+    if not (
+        isinstance(state_dict, dict)
+        and isinstance(state_dict.get("state"), dict)
+        and isinstance(state_dict.get("param_groups"), (list, tuple))
+    ):
+        raise ValueError(
+            "`state_dict` must be a torch.optim.RMSprop state_dict: a dict with "
+            f"'state' (a dict) and 'param_groups' (a list), got {state_dict!r:.80}."
+        )
 
 
 def _check_saved_settings(state_dict, preset_kwargs):

@@ -58,6 +58,7 @@ def full_like(params: Any, value: Any, dtype_fn) -> Any:
     """
 
     def fill(p):
+        p = jnp.asarray(p)  # Python float leaves, as optax accepts them.
         dtype = dtype_fn(p.dtype)
         real_dtype = not jnp.issubdtype(dtype, jnp.complexfloating)
         like_p = (jnp.real(p) if real_dtype else p).astype(dtype)

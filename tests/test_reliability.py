@@ -1144,7 +1144,163 @@ _DOCUMENTED_ERRORS = [
 ]
 
 
+# Wrong types: each would pass construction and fail (or silently do the wrong
+# thing) inside the first update.
+_REAL = "must be a real number or array, got "
+_DOCUMENTED_ERRORS += [
+    _row(
+        _call(optax_rmsprop.rmsprop, "0.1"),
+        TypeError,
+        "`learning_rate` " + _REAL + "'0.1' (str).",
+        "learning_rate-string",
+    ),
+    _row(
+        _call(optax_rmsprop.scale_by_rms, decay="0.9"),
+        TypeError,
+        "`decay` " + _REAL + "'0.9' (str).",
+        "decay-string",
+    ),
+    _row(
+        _call(optax_rmsprop.rmsprop, 0.1, decay=None),
+        TypeError,
+        "`decay` " + _REAL + "None (NoneType).",
+        "decay-none",
+    ),
+    _row(
+        _call(optax_rmsprop.scale_by_stddev, eps="x"),
+        TypeError,
+        "`eps` " + _REAL + "'x' (str).",
+        "eps-string",
+    ),
+    _row(
+        _call(optax_rmsprop.rmsprop, 0.1, momentum="0.9"),
+        TypeError,
+        "`momentum` " + _REAL + "'0.9' (str).",
+        "momentum-string",
+    ),
+    _row(
+        _call(optax_rmsprop.keras_rmsprop, rho=jnp.array(1j)),
+        TypeError,
+        "`rho` " + _REAL,
+        "keras-rho-complex",
+    ),
+    _row(
+        _call(optax_rmsprop.rmsprop, 0.1, centered="no"),
+        TypeError,
+        "`centered` must be True or False, got 'no'.",
+        "centered-string",
+    ),
+    _row(
+        _call(optax_rmsprop.scale_by_rms, eps_in_sqrt="no"),
+        TypeError,
+        "`eps_in_sqrt` must be True or False, got 'no'.",
+        "eps_in_sqrt-string",
+    ),
+    _row(
+        _call(optax_rmsprop.rmsprop, 0.1, bias_correction=1),
+        TypeError,
+        "`bias_correction` must be True or False, got 1.",
+        "bias_correction-int",
+    ),
+    _row(
+        _call(optax_rmsprop.rmsprop, 0.1, momentum=0.9, nesterov="yes"),
+        TypeError,
+        "`nesterov` must be True or False, got 'yes'.",
+        "nesterov-string",
+    ),
+    _row(
+        _call(optax_rmsprop.pytorch_rmsprop, maximize="no"),
+        TypeError,
+        "`maximize` must be True or False, got 'no'.",
+        "pytorch-maximize-string",
+    ),
+    _row(
+        _call(optax_rmsprop.rmsprop(0.1).init, {"w": _P["w"], "s": "x"}),
+        TypeError,
+        _FLOAT_PARAMS + "['s'] has dtype str.",
+        "params-string",
+    ),
+    _row(
+        _update(optax_rmsprop.rmsprop(0.1), {"w": jnp.ones(2, jnp.int32)}),
+        TypeError,
+        "`updates` must hold floating or complex arrays; the leaf at ['w'] has "
+        "dtype int32.",
+        "grads-int",
+    ),
+    _row(
+        _call(optax_rmsprop.effective_learning_rate, _STATE, 0.1, decay=2.0),
+        ValueError,
+        "`decay` must lie in [0.0, 1.0], got 2.0.",
+        "diagnostics-decay",
+    ),
+    _row(
+        _call(optax_rmsprop.rms_summary, _STATE, 0.1, eps=-1.0),
+        ValueError,
+        "`eps` must lie in [0.0, inf], got -1.0.",
+        "diagnostics-eps",
+    ),
+    _row(
+        _call(optax_rmsprop.from_torch_state_dict, {}, _P),
+        ValueError,
+        "`state_dict` must be a torch.optim.RMSprop state_dict",
+        "from_torch-empty",
+    ),
+    _row(
+        _call(optax_rmsprop.from_torch_state_dict, None, _P),
+        ValueError,
+        "`state_dict` must be a torch.optim.RMSprop state_dict",
+        "from_torch-none",
+    ),
+    _row(
+        _call(
+            optax_rmsprop.to_torch_state_dict,
+            optax_rmsprop.pytorch_rmsprop().init(_P),
+            _P,
+            foo=1,
+        ),
+        TypeError,
+        "got an unexpected keyword argument 'foo'",
+        "to_torch-unknown-keyword",
+    ),
+    _row(
+        lambda: optax_rmsprop.rmsprop(0.1, centered=True).update(_P, _STATE, _P),
+        TypeError,
+        "The optimizer state handed to the RMS scaler is a ScaleByRmsState, but "
+        "the transform keeps a ScaleByRStdDevState",
+        "state-of-other-options",
+    ),
+]
+
+
 @pytest.mark.parametrize(("call", "error", "message"), _DOCUMENTED_ERRORS)
 def test_documented_error_is_raised_with_its_message(call, error, message):
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def test_python_float_leaves_step_as_in_optax():
+    # optax accepts Python floats as parameter and gradient leaves; so do we,
+    # with optax's float32 result.
+    params, grads = [1.0, 2.0], [0.5, -4.0]
+    ours, theirs = optax_rmsprop.rmsprop(0.1), optax.rmsprop(0.1)
+    our_updates, _ = ours.update(grads, ours.init(params))
+    optax_updates, _ = theirs.update(grads, theirs.init(params))
+    np.testing.assert_array_equal(our_updates, optax_updates)
+
+
+def test_negative_learning_rate_is_accepted_as_in_optax():
+    # Gradient ascent: optax.rmsprop takes lr < 0, so the drop-in must too.
+    tx = optax_rmsprop.rmsprop(-0.1, eps=0.0)
+    updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+    np.testing.assert_allclose(updates, [0.1 * math.sqrt(10)], rtol=1e-6)
+
+
+def test_overflowed_square_freezes_optax_but_not_ours():
+    # The README's claim about optax 0.2.8: after g = 2e19 (g^2 = 4e38 > 3.4e38)
+    # its average is inf for good and every later update of the element is 0.
+    # decay 0.5: ours forgets the capped 3.4e38 within ~260 steps (2^-260).
+    grads = [jnp.array([2e19, 1.0])] + [jnp.array([1.0, 1.0])] * 300
+    ours = _eager_updates(optax_rmsprop.scale_by_rms(decay=0.5), grads)[-1]
+    theirs = _eager_updates(optax.scale_by_rms(decay=0.5), grads)[-1]
+    assert float(theirs[0]) == 0.0 and float(theirs[1]) > 0.99
+    np.testing.assert_allclose(ours[0], ours[1], rtol=1e-6)
