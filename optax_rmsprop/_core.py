@@ -108,10 +108,7 @@ def rms_scaler(
         _checks.check_tree_matches(updates, state.nu)
         updates = tm.map_leaves(jnp.asarray, updates)  # Python float leaves too.
         count = optax.safe_increment(state.count) if counts_steps else None
-        # An average that overflowed last step (|g| > 1.8e19 in float32) is
-        # read as the largest finite value, so it is forgotten like any other
-        # instead of freezing the parameter at a zero update forever.
-        previous_nu = tm.capped(_decoded(updates, state.nu))
+        previous_nu = _previous_nu(updates, state.nu)
         nu = tm.ema_of_squares(updates, previous_nu, decay)
         mu = tm.ema(updates, _decoded(updates, state.mu), decay) if centered else None
         variance = _variance(nu, mu, count)
@@ -123,6 +120,17 @@ def rms_scaler(
             mu=_stored(mu, state.mu, count) if centered else None,
             count=count,
         )
+
+    def _previous_nu(updates, stored):
+        """The stored average in compute precision, never ``inf``.
+
+        An average that overflowed last step (|g| > 1.8e19 in float32) is read
+        as the largest finite value, so it is forgotten like any other instead
+        of freezing the parameter at a zero update forever. Compact storage
+        cannot hold ``inf`` (bf16 rounding clips, int8 saturates), and a cap
+        there would make XLA copy the stored average every step.
+        """
+        return _decoded(updates, stored) if compact else tm.capped(stored)
 
     def _decoded(updates, stored):
         return _storage.decode_tree(updates, stored) if compact else stored

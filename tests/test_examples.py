@@ -133,3 +133,28 @@ def test_sharded_training_keeps_state_sharded(monkeypatch, capsys, tmp_path):
     )
     assert last < first
     _assert_pngs(tmp_path, "sharded_loss.png")
+
+
+def test_compact_state_convergence_compares_three_storages(
+    monkeypatch, capsys, tmp_path
+):
+    # Fast mode: 30 training steps and a 300-step drift. Too early to hold
+    # the storages to the convergence targets (tests/test_compact_convergence.py
+    # does, at 200 steps); here: every row is there, finite, and trained.
+    out = _run(
+        monkeypatch, capsys, "compact_state_convergence", "--fast", "--out", tmp_path
+    )
+    # _table reads on into the drift table; the training rows come first.
+    rows = [r for r in _table(out) if r[0] in ("MLP", "CNN")]
+    assert len(rows) == 8
+    assert [(r[0], r[1]) for r in rows[:4]] == [
+        ("MLP", "float32"),
+        ("MLP", "float32, init +1 ulp"),
+        ("MLP", "bf16"),
+        ("MLP", "int8"),
+    ]
+    for model, storage, *losses in rows:
+        seed_losses = [float(x) for x in losses[:3]]
+        assert all(0 < x < math.log(10) for x in seed_losses), (model, storage)
+        assert losses[-1] == "yes", (model, storage)  # Every step finite.
+    _assert_pngs(tmp_path, "compact_state_convergence.png")
