@@ -67,6 +67,21 @@ def full_like(params: Any, value: Any, dtype_fn) -> Any:
     return _map(fill, params)
 
 
+def _narrowed(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` cast to ``dtype``, saturating where a narrower float cannot hold it.
+
+    A finite float32 step beyond float16's 65504 (``g / eps`` on a centered
+    first step, say) would otherwise round to ``inf`` and destroy the
+    parameter; the largest finite float16 moves it as far as it can go.
+    """
+    dtype = jnp.dtype(dtype)
+    real = jnp.isrealobj(x) and jnp.issubdtype(dtype, jnp.floating)
+    if real and jnp.finfo(dtype).max < jnp.finfo(x.dtype).max:
+        largest = jnp.finfo(dtype).max.astype(x.dtype)
+        x = jnp.clip(x, -largest, largest)
+    return x.astype(dtype)
+
+
 def _promoted(g: jax.Array, moment: jax.Array) -> jax.Array:
     """``g`` in the wider of its dtype and the moment's (f16 squares overflow)."""
     return g.astype(jnp.promote_types(g.dtype, moment.dtype))
@@ -168,7 +183,7 @@ def scale_by_inverse_rms(
             # the step (meta-learning) is 0 * finite, not 0 * inf = NaN.
             root = jnp.sqrt(jnp.where(g == 0, jnp.ones_like(n), n))
             inverse_rms = 1 / _guarded(root + eps, g)
-        return (inverse_rms * _promoted(g, n)).astype(g.dtype)
+        return _narrowed(inverse_rms * _promoted(g, n), g.dtype)
 
     def _guarded(denominator, g):
         if eps_is_positive:
@@ -193,7 +208,7 @@ def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> An
     dtypes.
     """
     return _map(
-        lambda t, p, u: ((1 + decay) * t - decay * p).astype(u.dtype),
+        lambda t, p, u: _narrowed((1 + decay) * t - decay * p, u.dtype),
         trace,
         previous,
         like,
@@ -202,7 +217,7 @@ def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> An
 
 def cast_like(tree: Any, like: Any) -> Any:
     """``tree`` with each leaf in the dtype of the matching leaf of ``like``."""
-    return _map(lambda x, y: x.astype(y.dtype), tree, like)
+    return _map(lambda x, y: _narrowed(x, y.dtype), tree, like)
 
 
 def add_scaled(updates: Any, params: Any, scale: Any) -> Any:

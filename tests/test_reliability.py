@@ -1304,3 +1304,18 @@ def test_overflowed_square_freezes_optax_but_not_ours():
     theirs = _eager_updates(optax.scale_by_rms(decay=0.5), grads)[-1]
     assert float(theirs[0]) == 0.0 and float(theirs[1]) > 0.99
     np.testing.assert_allclose(ours[0], ours[1], rtol=1e-6)
+
+
+def test_float16_step_beyond_its_range_saturates_instead_of_becoming_inf():
+    # Found by the fuzzing: a centered, bias-corrected first step has variance
+    # 0, so the step is g / eps = 60.8 / 7e-4 = 86857 in float32, beyond
+    # float16's largest value 65504. It saturates there instead of rounding
+    # to inf (which would destroy the parameter).
+    tx = optax_rmsprop.scale_by_stddev(
+        decay=0.5, eps=7e-4, eps_in_sqrt=False, bias_correction=True
+    )
+    grads = jnp.array([60.8, -60.8, 1.0], jnp.float16)
+    updates, _ = tx.update(grads, tx.init(jnp.zeros(3, jnp.float16)))
+    assert updates.dtype == jnp.float16
+    np.testing.assert_array_equal(updates[:2], [65504.0, -65504.0])
+    np.testing.assert_allclose(updates[2], 1 / 7e-4, rtol=1e-3)
