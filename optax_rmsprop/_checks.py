@@ -24,11 +24,10 @@ def check_real(name: str, value: Any) -> None:
     """
     if isinstance(value, numbers.Real):
         return
-    if isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(
-        value.dtype, jnp.number
+    if isinstance(value, (jax.Array, np.ndarray)) and any(
+        jnp.issubdtype(value.dtype, kind) for kind in (jnp.integer, jnp.floating)
     ):
-        if not jnp.issubdtype(value.dtype, jnp.complexfloating):
-            return
+        return
     raise TypeError(
         f"`{name}` must be a real number or array, got {value!r} "
         f"({type(value).__name__})."

@@ -88,8 +88,7 @@ def pytorch_rmsprop(
         >>> print(updates)
         [-1.]
     """
-    _checks.check_learning_rate("lr", lr)
-    if not callable(lr):
+    if not callable(lr):  # The range check refuses non-numbers too.
         _checks.check_non_negative("lr", lr)  # torch.optim refuses lr < 0.
     _checks.check_flag("maximize", maximize)
     _checks.check_non_negative("eps", eps)
