@@ -77,6 +77,10 @@ import pytest
 import optax_rmsprop
 
 _STEPS = 100
+# Un-jitted runs dispatch every operation alone: a few steps cover the
+# bias correction's transient, where eager roundings could part from jitted.
+_EAGER_STEPS = 12
+_MODES = ["jit", "eager"]
 _SHAPES = {"w": (8, 6), "b": (6,), "s": ()}
 _LEARNING_RATE = 1e-2
 _SCHEDULE = optax.cosine_decay_schedule(init_value=1e-2, decay_steps=_STEPS, alpha=0.1)
@@ -116,8 +120,13 @@ _PARAMS = {
 _INITIAL_SCALES = [0.0, 0.1]
 
 
-def _history(tx, params, grads):
-    """(updates, params, state) after every step of a jitted training loop."""
+def _history(tx, params, grads, eager=False):
+    """(updates, params, state) after every step of a training loop.
+
+    A ``lax.scan`` (compiled, whether or not the caller jits), or with
+    ``eager`` a Python loop of un-jitted calls, each operation dispatched on
+    its own as in a script that never calls ``jax.jit``.
+    """
 
     def step(carry, g):
         p, state = carry
@@ -125,12 +134,22 @@ def _history(tx, params, grads):
         p = optax.apply_updates(p, updates)
         return (p, state), (updates, p, state)
 
-    _, history = jax.lax.scan(step, (params, tx.init(params)), grads)
-    return history
+    if not eager:
+        _, history = jax.lax.scan(step, (params, tx.init(params)), grads)
+        return history
+    carry, steps = (params, tx.init(params)), []
+    for g in zip(*jax.tree.leaves(grads)):
+        carry, out = step(carry, jax.tree.unflatten(jax.tree.structure(grads), g))
+        steps.append(out)
+    return jax.tree.map(lambda *xs: np.stack(xs), *steps)
 
 
-def _side_by_side(make_pairs) -> dict:
+def _side_by_side(make_pairs, mode: str = "jit") -> dict:
     """Runs both libraries' transforms for a group of settings under one jit.
+
+    With ``mode="eager"`` each runs un-jitted instead, for the first
+    ``_EAGER_STEPS`` steps (op by op, the bias correction's transient is
+    where eager and jitted roundings part, see ``_tree_math.debias``).
 
     ``make_pairs(initial_scale)`` returns ``{key: (optax_tx, our_tx,
     centered_and_debiased)}``; the result is ``{initial_scale: {key:
@@ -143,19 +162,28 @@ def _side_by_side(make_pairs) -> dict:
     the stream with a zero first gradient (module docstring).
     """
 
-    @jax.jit
+    eager = mode == "eager"
+
     def run(params, initial_scale, grads, zero_first):
         histories = {}
         for key, (ref, ours, centered_and_debiased) in make_pairs(
             initial_scale
         ).items():
             g = zero_first if centered_and_debiased else grads
-            histories[key] = (_history(ref, params, g), _history(ours, params, g))
+            histories[key] = (
+                _history(ref, params, g, eager),
+                _history(ours, params, g, eager),
+            )
         return histories
 
+    steps = _EAGER_STEPS if eager else _STEPS
+    grads, zero_first = (
+        jax.tree.map(lambda g: g[:steps], tree) for tree in (_GRADS, _GRADS_ZERO_FIRST)
+    )
+    run = run if eager else jax.jit(run)
     return {
         initial_scale: jax.device_get(
-            run(_PARAMS, np.float32(initial_scale), _GRADS, _GRADS_ZERO_FIRST)
+            run(_PARAMS, np.float32(initial_scale), grads, zero_first)
         )
         for initial_scale in _INITIAL_SCALES
     }
@@ -297,7 +325,7 @@ class Setting(NamedTuple):
 
 
 @functools.cache
-def _rmsprop_group(centered, bias_correction) -> dict:
+def _rmsprop_group(centered, bias_correction, mode) -> dict:
     """Histories of every setting with these two flags (see ``_side_by_side``).
 
     Momentum ``None`` with and without ``nesterov`` is the same program, which
@@ -325,12 +353,12 @@ def _rmsprop_group(centered, bias_correction) -> dict:
             )
         return pairs
 
-    return _side_by_side(make_pairs)
+    return _side_by_side(make_pairs, mode)
 
 
-def _rmsprop_histories(setting: Setting):
+def _rmsprop_histories(setting: Setting, mode: str):
     """``(optax_history, our_history)``, each ``(updates, params, state)``."""
-    group = _rmsprop_group(setting.centered, setting.bias_correction)
+    group = _rmsprop_group(setting.centered, setting.bias_correction, mode)
     return group[setting.initial_scale][setting.key()]
 
 
@@ -381,37 +409,42 @@ def _grid(momenta=_MOMENTA, bias_corrections=_BIAS_CORRECTION) -> list:
     return [pytest.param(setting, id=setting.id()) for setting in settings]
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("setting", _grid())
-def test_rmsprop_scaler_state_is_bit_identical_to_optax(setting):
-    reference, ours = _rmsprop_histories(setting)
+def test_rmsprop_scaler_state_is_bit_identical_to_optax(setting, mode):
+    reference, ours = _rmsprop_histories(setting, mode)
     # state[0]: nu (and mu, count); state[1]: the schedule's count, if any.
     _assert_bit_identical(ours[2][:2], reference[2][:2])
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("setting", _grid(momenta=[None], bias_corrections=[False]))
-def test_rmsprop_without_momentum_or_debiasing_is_bit_identical_to_optax(setting):
-    reference, ours = _rmsprop_histories(setting)
+def test_rmsprop_without_momentum_or_debiasing_is_bit_identical_to_optax(setting, mode):
+    reference, ours = _rmsprop_histories(setting, mode)
     # (updates, params, state): every step of the trajectory.
     _assert_bit_identical(ours, reference)
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("setting", _grid())
-def test_rmsprop_updates_match_optax_to_float32_rounding(setting):
-    reference, ours = _rmsprop_histories(setting)
+def test_rmsprop_updates_match_optax_to_float32_rounding(setting, mode):
+    reference, ours = _rmsprop_histories(setting, mode)
     update_bound, _, _ = _rmsprop_bounds(reference, setting)
     _assert_within(ours[0], reference[0], update_bound)
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("setting", _grid(momenta=[_MOMENTUM]))
-def test_rmsprop_momentum_trace_matches_optax_to_float32_rounding(setting):
-    reference, ours = _rmsprop_histories(setting)
+def test_rmsprop_momentum_trace_matches_optax_to_float32_rounding(setting, mode):
+    reference, ours = _rmsprop_histories(setting, mode)
     _, trace_bound, _ = _rmsprop_bounds(reference, setting)
     _assert_within(ours[2][2].trace, reference[2][2].trace, trace_bound)
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("setting", _grid())
-def test_rmsprop_parameter_trajectory_matches_optax_to_float32_rounding(setting):
-    reference, ours = _rmsprop_histories(setting)
+def test_rmsprop_parameter_trajectory_matches_optax_to_float32_rounding(setting, mode):
+    reference, ours = _rmsprop_histories(setting, mode)
     _, _, param_bound = _rmsprop_bounds(reference, setting)
     _assert_within(ours[1], reference[1], param_bound)
 
@@ -443,7 +476,7 @@ class ScalerSetting(NamedTuple):
         return f"{self.key()}-init{self.initial_scale}"
 
 
-def _scaler_histories(optax_factory, our_factory, centered) -> dict:
+def _scaler_histories(optax_factory, our_factory, centered, mode) -> dict:
     def make_pairs(initial_scale):
         pairs = {}
         for eps_in_sqrt, bias_correction, (decay, eps) in itertools.product(
@@ -459,17 +492,21 @@ def _scaler_histories(optax_factory, our_factory, centered) -> dict:
             )
         return pairs
 
-    return _side_by_side(make_pairs)
+    return _side_by_side(make_pairs, mode)
 
 
 @functools.cache
-def _scale_by_rms_histories() -> dict:
-    return _scaler_histories(optax.scale_by_rms, optax_rmsprop.scale_by_rms, False)
+def _scale_by_rms_histories(mode: str) -> dict:
+    return _scaler_histories(
+        optax.scale_by_rms, optax_rmsprop.scale_by_rms, False, mode
+    )
 
 
 @functools.cache
-def _scale_by_stddev_histories() -> dict:
-    return _scaler_histories(optax.scale_by_stddev, optax_rmsprop.scale_by_stddev, True)
+def _scale_by_stddev_histories(mode: str) -> dict:
+    return _scaler_histories(
+        optax.scale_by_stddev, optax_rmsprop.scale_by_stddev, True, mode
+    )
 
 
 _SCALERS = {
@@ -497,26 +534,29 @@ def _scaler_grid(bias_corrections=_BIAS_CORRECTION) -> list:
     ]
 
 
-def _scaler_run(name: str, setting: ScalerSetting):
+def _scaler_run(name: str, setting: ScalerSetting, mode: str):
     histories, _ = _SCALERS[name]
-    return histories()[setting.initial_scale][setting.key()]
+    return histories(mode)[setting.initial_scale][setting.key()]
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("name,setting", _scaler_grid())
-def test_scaler_state_is_bit_identical_to_optax(name, setting):
-    reference, ours = _scaler_run(name, setting)
+def test_scaler_state_is_bit_identical_to_optax(name, setting, mode):
+    reference, ours = _scaler_run(name, setting, mode)
     _assert_bit_identical(ours[2], reference[2])
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("name,setting", _scaler_grid(bias_corrections=[False]))
-def test_scaler_updates_without_bias_correction_are_bit_identical(name, setting):
-    reference, ours = _scaler_run(name, setting)
+def test_scaler_updates_without_bias_correction_are_bit_identical(name, setting, mode):
+    reference, ours = _scaler_run(name, setting, mode)
     _assert_bit_identical(ours[0], reference[0])
 
 
+@pytest.mark.parametrize("mode", _MODES)
 @pytest.mark.parametrize("name,setting", _scaler_grid())
-def test_scaler_updates_match_optax_to_float32_rounding(name, setting):
-    reference, ours = _scaler_run(name, setting)
+def test_scaler_updates_match_optax_to_float32_rounding(name, setting, mode):
+    reference, ours = _scaler_run(name, setting, mode)
     _, centered = _SCALERS[name]
     conditioning = _conditioning(
         reference[2],
