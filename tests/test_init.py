@@ -1,0 +1,197 @@
+"""``init`` as frameworks call it: on abstract leaves, eagerly, and cheaply.
+
+Flax NNX builds an optimizer's state eagerly (``nnx.Optimizer`` calls
+``tx.init`` outside any ``jit``), and orbax restore targets and abstract
+models pass ``jax.ShapeDtypeStruct`` leaves (optax's own
+``sharding_test.test_init_with_abstract_input`` does exactly this). Each
+factory, preset and ``nu_dtype`` must accept them where optax does, give the
+state it would give for zeros of that shape and dtype, keep a leaf's
+``sharding``, and trace under ``jax.eval_shape``.
+
+Eager ``init`` must also cost what optax's costs: an XLA compilation per
+parameter shape turned a 200-leaf model's first ``init`` into seconds. The
+test counts backend compilations (a deterministic figure, unlike a time).
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_rmsprop
+
+# (4096 elements: int8 storage quantises leaves of at least this size.)
+_SHAPES = {"w": (64, 64), "b": (8,), "s": ()}
+_SPECS = {"w": P("data", None), "b": P("data"), "s": P()}
+
+_FACTORIES = {
+    "rmsprop": lambda **kw: optax_rmsprop.rmsprop(1e-3, **kw),
+    "rmsprop-everything": lambda **kw: optax_rmsprop.rmsprop(
+        optax.cosine_decay_schedule(1e-3, 10),
+        centered=True,
+        momentum=0.9,
+        nesterov=True,
+        bias_correction=True,
+        weight_decay=1e-4,
+        **kw,
+    ),
+    "scale_by_rms": lambda **kw: optax_rmsprop.scale_by_rms(**kw),
+    "scale_by_stddev": lambda **kw: optax_rmsprop.scale_by_stddev(**kw),
+    "pytorch": lambda **kw: optax_rmsprop.pytorch_rmsprop(
+        momentum=0.9, centered=True, **kw
+    ),
+    "keras": lambda **kw: optax_rmsprop.keras_rmsprop(momentum=0.9, **kw),
+    "tf1": lambda **kw: optax_rmsprop.tf1_rmsprop(1e-3, momentum=0.9, **kw),
+}
+_NU_DTYPES = [None, jnp.float32, jnp.bfloat16, "int8"]
+_NU_DTYPE_IDS = ["default", "float32", "bfloat16", "int8"]
+
+
+def _mesh():
+    return jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+
+
+def _abstract(sharded: bool, dtype=jnp.float32) -> dict:
+    mesh = _mesh() if sharded else None
+    return {
+        name: jax.ShapeDtypeStruct(
+            shape,
+            dtype,
+            sharding=NamedSharding(mesh, _SPECS[name]) if sharded else None,
+        )
+        for name, shape in _SHAPES.items()
+    }
+
+
+def _zeros(dtype=jnp.float32) -> dict:
+    return {name: jnp.zeros(shape, dtype) for name, shape in _SHAPES.items()}
+
+
+def _assert_same_state(got, want) -> None:
+    """Same pytree, and leaves of equal shape, dtype and value."""
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)
+
+
+def _moments_by_param(state) -> list:
+    """(param name, state leaf) for every state leaf that mirrors a parameter."""
+    pairs = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        if keys and jnp.shape(leaf) == _SHAPES[keys[-1]]:
+            pairs.append((keys[-1], leaf))
+    return pairs
+
+
+@pytest.mark.parametrize("nu_dtype", _NU_DTYPES, ids=_NU_DTYPE_IDS)
+@pytest.mark.parametrize("name", list(_FACTORIES))
+def test_init_of_abstract_leaves_equals_init_of_zeros(name, nu_dtype):
+    tx = _FACTORIES[name](nu_dtype=nu_dtype)
+    _assert_same_state(tx.init(_abstract(sharded=False)), tx.init(_zeros()))
+
+
+@pytest.mark.parametrize("nu_dtype", _NU_DTYPES, ids=_NU_DTYPE_IDS)
+@pytest.mark.parametrize("name", list(_FACTORIES))
+def test_init_of_sharded_abstract_leaves_keeps_each_leafs_sharding(name, nu_dtype):
+    params = _abstract(sharded=True)
+    state = _FACTORIES[name](nu_dtype=nu_dtype).init(params)
+    moments = _moments_by_param(state)
+    assert {param for param, _ in moments} == set(_SHAPES)
+    for param, leaf in moments:
+        assert leaf.sharding.is_equivalent_to(params[param].sharding, leaf.ndim)
+
+
+@pytest.mark.parametrize("nu_dtype", _NU_DTYPES, ids=_NU_DTYPE_IDS)
+@pytest.mark.parametrize("name", list(_FACTORIES))
+def test_init_traces_under_eval_shape(name, nu_dtype):
+    tx = _FACTORIES[name](nu_dtype=nu_dtype)
+    abstract_state = jax.eval_shape(tx.init, _abstract(sharded=False))
+    concrete_state = tx.init(_zeros())
+    assert jax.tree.structure(abstract_state) == jax.tree.structure(concrete_state)
+    for a, c in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(concrete_state)):
+        assert (a.shape, a.dtype) == (c.shape, c.dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.complex64])
+def test_abstract_low_precision_and_complex_leaves_get_the_documented_moments(dtype):
+    # bf16/f16 params keep a float32 average; complex ones a real one.
+    state = optax_rmsprop.rmsprop(1e-3, centered=True).init(_abstract(False, dtype))
+    want = optax_rmsprop.rmsprop(1e-3, centered=True).init(_zeros(dtype))
+    _assert_same_state(state, want)
+    assert state[0].nu["w"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(centered=True, bias_correction=True, momentum=0.9, nesterov=True),
+        dict(eps_in_sqrt=False, initial_scale=0.1),
+    ],
+    ids=["default", "everything", "eps_outside"],
+)
+@pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "sharded"])
+def test_abstract_init_gives_optaxs_state(kwargs, sharded):
+    params = _abstract(sharded)
+    _assert_same_state(
+        optax_rmsprop.rmsprop(1e-3, **kwargs).init(params),
+        optax.rmsprop(1e-3, **kwargs).init(params),
+    )
+
+
+def test_eager_init_of_sharded_arrays_keeps_each_leafs_sharding():
+    mesh = _mesh()
+    params = {
+        name: jax.device_put(jnp.ones(shape), NamedSharding(mesh, _SPECS[name]))
+        for name, shape in _SHAPES.items()
+    }
+    state = optax_rmsprop.rmsprop(1e-3, centered=True, momentum=0.9).init(params)
+    for param, leaf in _moments_by_param(state):
+        assert leaf.sharding == params[param].sharding
+
+
+@contextlib.contextmanager
+def _counting_compilations():
+    """Counts XLA backend compilations inside the ``with`` block."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        del duration, kwargs
+        if event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _distinct_shapes(first_dim: int, leaves: int) -> list:
+    """Leaves of shapes no other test uses, so no compilation is cached."""
+    return [jnp.ones((first_dim, i + 1)) for i in range(leaves)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, dict(centered=True, momentum=0.9, bias_correction=True)],
+    ids=["default", "centered-momentum-debiased"],
+)
+def test_eager_init_compiles_no_more_programs_than_optaxs(kwargs):
+    # Before: one `where` program per leaf shape, 40 compilations here and
+    # 8.5 s for 200 leaves; optax fills every leaf with `jnp.full_like`.
+    ours_params = _distinct_shapes(first_dim=97, leaves=40)
+    optax_params = _distinct_shapes(first_dim=89, leaves=40)
+    jax.block_until_ready(ours_params + optax_params)
+    with _counting_compilations() as ours:
+        jax.block_until_ready(optax_rmsprop.rmsprop(1e-3, **kwargs).init(ours_params))
+    with _counting_compilations() as reference:
+        jax.block_until_ready(optax.rmsprop(1e-3, **kwargs).init(optax_params))
+    assert ours[0] <= reference[0]
