@@ -126,7 +126,12 @@ def main(argv=None):
     lr, sigmas = args.learning_rate, noise_scales(args.steps, args.sigma)
     rms_tx = optax_rmsprop.rmsprop(lr, decay=args.decay, eps=RMSPROP_EPS)
     rms_lr = lambda state: optax_rmsprop.effective_learning_rate(
-        state, lr, decay=args.decay, eps=RMSPROP_EPS
+        state,
+        lr,
+        decay=args.decay,
+        eps=RMSPROP_EPS,
+        eps_in_sqrt=True,
+        bias_correction=False,
     )
     ada_tx = optax.adagrad(lr, ADAGRAD_INITIAL, ADAGRAD_EPS)
     ada_lr = lambda state: adagrad_effective_lr(state, lr)

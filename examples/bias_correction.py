@@ -30,13 +30,20 @@ import optax_rmsprop
 DECAYS = (0.9, 0.99, 0.999)
 
 
-def steps_and_effective_lrs(tx, gradient, steps, lr, decay):
+def steps_and_effective_lrs(tx, gradient, steps, lr, decay, corrected):
     """``|update|`` and the state's effective lr at each of ``steps`` steps."""
     g = jnp.full((), gradient)
 
     def step(state, _):
         updates, state = tx.update(g, state)
-        effective = optax_rmsprop.effective_learning_rate(state, lr, decay=decay)
+        effective = optax_rmsprop.effective_learning_rate(
+            state,
+            lr,
+            decay=decay,
+            eps=1e-8,  # rmsprop's default, as built below
+            eps_in_sqrt=True,
+            bias_correction=corrected,
+        )
         return state, (jnp.abs(updates), effective)
 
     _, (sizes, effective) = jax.lax.scan(step, tx.init(g), length=steps)
@@ -86,7 +93,7 @@ def main(argv=None):
         for corrected in (False, True):
             tx = optax_rmsprop.rmsprop(lr, decay=decay, bias_correction=corrected)
             results[decay, corrected] = steps_and_effective_lrs(
-                tx, args.gradient, args.steps, lr, decay
+                tx, args.gradient, args.steps, lr, decay, corrected
             )
 
     g = abs(args.gradient)

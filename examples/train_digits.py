@@ -54,7 +54,12 @@ OPTIMIZERS = {
 # Optimizers whose effective learning rate is plotted, and how to read it.
 EFFECTIVE_LR = {
     "RMSprop": lambda state, lr: optax_rmsprop.effective_learning_rate(
-        state, lr, decay=RMSPROP_DECAY, eps=RMSPROP_EPS
+        state,
+        lr,
+        decay=RMSPROP_DECAY,
+        eps=RMSPROP_EPS,
+        eps_in_sqrt=True,
+        bias_correction=False,
     ),
     "AdaGrad": lambda state, lr: adagrad_effective_learning_rate(
         state, lr, eps=ADAGRAD_EPS

@@ -11,8 +11,6 @@ The RMS state is found anywhere inside a chain, ``masked``,
 four RMS state classes), never by its position.
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,14 +22,14 @@ from optax_rmsprop import _tree_math as tm
 
 
 def effective_learning_rate(
-    opt_state: Any,
+    opt_state: optax.OptState,
     learning_rate: optax.ScalarOrSchedule,
     *,
-    decay: jax.typing.ArrayLike = 0.9,
-    eps: jax.typing.ArrayLike = 1e-8,
-    eps_in_sqrt: bool = True,
-    bias_correction: bool | None = None,
-) -> Any:
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+) -> optax.Updates:
     r"""The per-element step size the current average implies, shaped like the params.
 
     It is the factor by which the latest average scales a gradient: the step
@@ -44,43 +42,57 @@ def effective_learning_rate(
         \text{ (eps\_in\_sqrt)} \quad\text{or}\quad
         \frac{\eta}{\sqrt{\hat\nu} + \epsilon},
 
-    where :math:`\hat\nu` is the (debiased, for a state with a count) average
-    of squares, or the variance for a centered state.
+    where :math:`\hat\nu` is the (debiased, with ``bias_correction``)
+    average of squares, or the variance for a centered state.
+
+    Every setting the result depends on is a required keyword, named as in
+    :func:`rmsprop`, because the state does not record them and a silent
+    default would give a plausible, wrong number (optax's eps placement for a
+    PyTorch-style state is off by orders of magnitude). The presets' names
+    map as follows: :func:`pytorch_rmsprop` ``decay=alpha,
+    eps_in_sqrt=False``; :func:`keras_rmsprop` ``decay=rho, eps=epsilon,
+    eps_in_sqrt=True``; :func:`tf1_rmsprop` ``eps=epsilon, eps_in_sqrt=True``;
+    none of them debiases (``bias_correction=False``). Whether the state is
+    centered is read from the state, and ``bias_correction`` is checked
+    against it where optax's state class tells (a ``WithCount`` class is
+    bias-corrected).
 
     Args:
         opt_state: the state of any transformation of this package, or of a
             chain / wrapper holding one (the first RMS state found is used).
         learning_rate: a number, or a schedule evaluated at the state's step
             count (the first ``count`` found in a schedule's state).
-        decay: the ``decay`` the state was built with (used to debias a
-            bias-corrected state).
+        decay: the ``decay`` the state was built with.
         eps: the ``eps`` the state was built with.
         eps_in_sqrt: the ``eps_in_sqrt`` the state was built with.
-        bias_correction: whether the state was built with bias correction;
-            ``None`` reads it off optax's state class (a ``WithCount`` state
-            is bias-corrected), and means no for compact-storage states, whose
-            count also keys the rounding.
+        bias_correction: the ``bias_correction`` the state was built with.
 
     Returns:
         A pytree shaped like the parameters, in the averages' dtype.
 
     Raises:
-        ValueError: if ``opt_state`` holds no RMS state.
+        ValueError: if ``opt_state`` holds no RMS state, if
+            ``bias_correction`` contradicts the state's class, or for a
+            ``decay`` outside [0, 1] or a negative ``eps``.
+        TypeError: if a setting is missing or of the wrong type.
 
     Example:
         After one step with g = 2, decay 0.9 and eps 0, nu = 0.4 and the
-        effective learning rate is 0.1 / sqrt(0.4) = 0.15811388:
+        effective learning rate is 0.1 / sqrt(0.4) = 0.1581139:
 
         >>> import jax.numpy as jnp
         >>> import optax_rmsprop
         >>> tx = optax_rmsprop.rmsprop(0.1, eps=0.0)
         >>> _, state = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
-        >>> print(optax_rmsprop.effective_learning_rate(state, 0.1, eps=0.0))
-        [0.15811388]
+        >>> rate = optax_rmsprop.effective_learning_rate(
+        ...     state, 0.1, decay=0.9, eps=0.0, eps_in_sqrt=True,
+        ...     bias_correction=False)
+        >>> print(f"{rate[0]:.6f}")
+        0.158114
     """
-    _core.check_hyperparameters(decay, eps, 0.0)
-    _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
+    _check_settings(decay, eps, eps_in_sqrt, bias_correction)
     rms_state = find_rms_state(opt_state)
+    _check_bias_correction_matches(rms_state, bias_correction)
     lr = _learning_rate_now(opt_state, learning_rate)
     variance = _variance(rms_state, decay, bias_correction)
     if eps_in_sqrt:
@@ -89,9 +101,13 @@ def effective_learning_rate(
 
 
 def rms_summary(
-    opt_state: Any,
+    opt_state: optax.OptState,
     learning_rate: optax.ScalarOrSchedule,
-    **state_options: Any,
+    *,
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
 ) -> dict[str, jax.Array]:
     """Per-leaf min / median / max of the RMS and of the effective learning rate.
 
@@ -102,21 +118,25 @@ def rms_summary(
     Args:
         opt_state: as for :func:`effective_learning_rate`.
         learning_rate: as for :func:`effective_learning_rate`.
-        **state_options: ``decay``, ``eps``, ``eps_in_sqrt``,
-            ``bias_correction`` as for
-            :func:`effective_learning_rate`.
+        decay: as for :func:`effective_learning_rate` (required).
+        eps: as for :func:`effective_learning_rate` (required).
+        eps_in_sqrt: as for :func:`effective_learning_rate` (required).
+        bias_correction: as for :func:`effective_learning_rate` (required).
 
     Returns:
         A dict of float scalars, empty leaves left out.
+
+    Raises:
+        ValueError: as :func:`effective_learning_rate`.
+        TypeError: as :func:`effective_learning_rate`.
     """
-    rms_state = find_rms_state(opt_state)
-    variance = _variance(
-        rms_state,
-        state_options.get("decay", 0.9),
-        state_options.get("bias_correction"),
+    settings = dict(
+        decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction
     )
-    rms = tm.map_leaves(jnp.sqrt, variance)
-    lrs = effective_learning_rate(opt_state, learning_rate, **state_options)
+    lrs = effective_learning_rate(opt_state, learning_rate, **settings)
+    rms = tm.map_leaves(
+        jnp.sqrt, _variance(find_rms_state(opt_state), decay, bias_correction)
+    )
     summary = {}
     for name, tree in (("rms", rms), ("lr", lrs)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -136,7 +156,7 @@ RMS_STATE_CLASSES = tuple(
 ) + (_core.CompactRmsState, _core.CompactRStdDevState)
 
 
-def find_rms_state(opt_state: Any) -> Any:
+def find_rms_state(opt_state: optax.OptState) -> optax.OptState:
     """The first of optax's RMS / RStdDev states inside ``opt_state``."""
     classes = RMS_STATE_CLASSES
     for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, classes)):
@@ -148,12 +168,29 @@ def find_rms_state(opt_state: Any) -> Any:
     )
 
 
+def _check_settings(decay, eps, eps_in_sqrt, bias_correction) -> None:
+    _core.check_hyperparameters(decay, eps, 0.0)
+    _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
+    _checks.check_flag("bias_correction", bias_correction)
+
+
+def _check_bias_correction_matches(rms_state, bias_correction) -> None:
+    """optax's classes tell whether the state debiases; compact ones count anyway."""
+    if _is_compact(rms_state):
+        return
+    counts = "count" in rms_state._fields
+    if counts != bias_correction:
+        raise ValueError(
+            f"`bias_correction={bias_correction}` contradicts the optimizer "
+            f"state, a {type(rms_state).__name__}, which was built with "
+            f"bias_correction={counts}."
+        )
+
+
 def _variance(rms_state, decay, bias_correction):
     fields = rms_state._asdict()  # Not getattr: every tuple has a `count` method.
     nu = _storage.decode_tree(fields["nu"], fields["nu"])
     mu = _storage.decode_tree(fields.get("mu"), fields.get("mu"))
-    if bias_correction is None:  # optax's classes say; compact ones count anyway.
-        bias_correction = "count" in fields and not _is_compact(rms_state)
     if bias_correction:
         count = fields["count"]
         nu, mu = tm.debias(nu, decay, count), tm.debias(mu, decay, count)

@@ -10,6 +10,8 @@ from oracle import NumpyRmsprop
 import optax_rmsprop
 
 _SHAPES = {"b": (5,), "w": (4, 3)}
+# optax.rmsprop's defaults, which the diagnostics take only when stated.
+_DEFAULTS = dict(decay=0.9, eps=1e-8, eps_in_sqrt=True, bias_correction=False)
 
 
 def _grads(step):
@@ -55,7 +57,12 @@ def test_effective_learning_rate_is_lr_over_root_of_average(options):
     eps, decay = options.get("eps", 1e-8), options.get("decay", 0.9)
     in_sqrt = options.get("eps_in_sqrt", True)
     got = optax_rmsprop.effective_learning_rate(
-        state, lr, decay=decay, eps=eps, eps_in_sqrt=in_sqrt
+        state,
+        lr,
+        decay=decay,
+        eps=eps,
+        eps_in_sqrt=in_sqrt,
+        bias_correction=options.get("bias_correction", False),
     )
     for key, nu in _oracle_nu(**options).items():
         expected = lr / np.sqrt(nu + eps) if in_sqrt else lr / (np.sqrt(nu) + eps)
@@ -68,7 +75,7 @@ def test_effective_learning_rate_finds_state_inside_wrappers():
         optax.masked(optax_rmsprop.rmsprop(0.1), {"b": True, "w": True}),
     )
     tx = optax.MultiSteps(tx, every_k_schedule=1)
-    got = optax_rmsprop.effective_learning_rate(_run(tx), 0.1)
+    got = optax_rmsprop.effective_learning_rate(_run(tx), 0.1, **_DEFAULTS)
     for key, nu in _oracle_nu().items():
         np.testing.assert_allclose(got[key], 0.1 / np.sqrt(nu + 1e-8), rtol=2e-5)
 
@@ -76,7 +83,7 @@ def test_effective_learning_rate_finds_state_inside_wrappers():
 def test_effective_learning_rate_evaluates_a_schedule_at_the_step_count():
     schedule = lambda count: 0.1 / (1.0 + count)
     state = _run(optax_rmsprop.rmsprop(schedule), steps=5)
-    got = optax_rmsprop.effective_learning_rate(state, schedule)
+    got = optax_rmsprop.effective_learning_rate(state, schedule, **_DEFAULTS)
     # Five steps taken: the next step uses schedule(5) = 0.1 / 6.
     for key, nu in _oracle_nu().items():
         np.testing.assert_allclose(got[key], (0.1 / 6) / np.sqrt(nu + 1e-8), rtol=2e-5)
@@ -85,13 +92,13 @@ def test_effective_learning_rate_evaluates_a_schedule_at_the_step_count():
 def test_effective_learning_rate_without_rms_state_raises():
     state = optax.adam(1e-3).init({"w": jnp.zeros(3)})
     with pytest.raises(ValueError, match="no RMSprop state"):
-        optax_rmsprop.effective_learning_rate(state, 1e-3)
+        optax_rmsprop.effective_learning_rate(state, 1e-3, **_DEFAULTS)
 
 
 def test_rms_summary_reports_per_leaf_statistics_under_jit():
     lr = 0.01
     state = _run(optax_rmsprop.rmsprop(lr, eps=0.0))
-    summary = jax.jit(lambda s: optax_rmsprop.rms_summary(s, lr, eps=0.0))(state)
+    summary = jax.jit(lambda s: optax_rmsprop.rms_summary(s, lr, **{**_DEFAULTS, "eps": 0.0}))(state)
     assert len(summary) == 2 * 6
     for key, nu in _oracle_nu(eps=0.0).items():
         rms = np.sqrt(nu)
@@ -107,3 +114,41 @@ def test_rms_summary_reports_per_leaf_statistics_under_jit():
         np.testing.assert_allclose(
             summary[f"{prefix}/lr_max"], lr / rms.min(), rtol=1e-5
         )
+
+
+def test_effective_learning_rate_of_a_pytorch_state_uses_the_stated_settings():
+    # pytorch_rmsprop(lr=0.1, alpha=0.99, eps=1e-2), one step with g = [1e-3, 2]:
+    # nu = 0.01 * g**2 = [1e-8, 0.04], sqrt(nu) = [1e-4, 0.2], and PyTorch's eps
+    # sits outside the root: 0.1 / (sqrt(nu) + 0.01) = [9.90099, 0.476190].
+    tx = optax_rmsprop.pytorch_rmsprop(lr=0.1, alpha=0.99, eps=1e-2)
+    _, state = tx.update(jnp.array([1e-3, 2.0]), tx.init(jnp.zeros(2)))
+    got = optax_rmsprop.effective_learning_rate(
+        state, 0.1, decay=0.99, eps=1e-2, eps_in_sqrt=False, bias_correction=False
+    )
+    np.testing.assert_allclose(got, [0.1 / (1e-4 + 0.01), 0.1 / 0.21], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "missing", ["decay", "eps", "eps_in_sqrt", "bias_correction"]
+)
+@pytest.mark.parametrize(
+    "diagnostic",
+    [optax_rmsprop.effective_learning_rate, optax_rmsprop.rms_summary],
+    ids=["effective_learning_rate", "rms_summary"],
+)
+def test_diagnostics_refuse_to_assume_an_unstated_setting(diagnostic, missing):
+    # A default would silently give a wrong number for a state built otherwise.
+    state = _run(optax_rmsprop.rmsprop(0.1))
+    settings = {k: v for k, v in _DEFAULTS.items() if k != missing}
+    with pytest.raises(TypeError, match=f"missing 1 required keyword-only.*{missing}"):
+        diagnostic(state, 0.1, **settings)
+
+
+@pytest.mark.parametrize("built_with", [False, True])
+def test_effective_learning_rate_refuses_a_bias_correction_the_state_contradicts(
+    built_with,
+):
+    state = _run(optax_rmsprop.rmsprop(0.1, bias_correction=built_with))
+    settings = {**_DEFAULTS, "bias_correction": not built_with}
+    with pytest.raises(ValueError, match=f"built with bias_correction={built_with}"):
+        optax_rmsprop.effective_learning_rate(state, 0.1, **settings)
