@@ -95,7 +95,7 @@ def rmsprop(
 
     Example:
         Minimise ``x**2`` from x = 1: the first step moves x by
-        lr / sqrt(1 - decay) = 0.1 / sqrt(0.1) = 0.3162278 (eps 0):
+        lr / sqrt(1 - decay) = 0.1 / sqrt(0.1) = 0.316228 (eps 0):
 
         >>> import jax, jax.numpy as jnp, optax
         >>> import optax_rmsprop
@@ -103,8 +103,8 @@ def rmsprop(
         >>> x = jnp.array(1.0)
         >>> state = tx.init(x)
         >>> updates, state = tx.update(jax.grad(lambda x: x**2)(x), state)
-        >>> print(optax.apply_updates(x, updates))
-        0.6837722
+        >>> print(f"{optax.apply_updates(x, updates):.6f}")
+        0.683772
 
     References:
         Hinton, Srivastava and Swersky, `Neural Networks for Machine Learning,

@@ -94,8 +94,8 @@ def scale_by_rms(
         >>> tx = optax_rmsprop.scale_by_rms(decay=0.9, eps=0.0)
         >>> state = tx.init(jnp.zeros(1))
         >>> updates, state = tx.update(jnp.array([2.0]), state)
-        >>> print(updates, state.nu)
-        [3.1622777] [0.4]
+        >>> print(f"{updates[0]:.5f} {state.nu[0]:.5f}")
+        3.16228 0.40000
 
     References:
         Hinton, Srivastava and Swersky, `Neural Networks for Machine Learning,
