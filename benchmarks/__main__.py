@@ -1,9 +1,9 @@
 """``python -m benchmarks``: every benchmark, a printed table and a JSON file.
 
 Sections (``--only`` picks some): ``step_time`` (``bench_step_time``),
-``memory`` (``bench_memory``), ``compile`` (``bench_compile``) and
-``training`` (``bench_training``). ``--smoke`` runs tiny shapes once, with
-XLA's fastest compilation: a check that the harness works, not a measurement.
+``memory`` (``bench_memory``), ``compile`` (``bench_compile``), ``init``
+(``bench_init``, eager) and ``training`` (``bench_training``). ``--smoke``
+runs tiny shapes once, with XLA's fastest compilation: a check that the harness works, not a measurement.
 """
 
 import argparse
@@ -18,6 +18,7 @@ from benchmarks import _report
 from benchmarks import _torch
 from benchmarks import _variants
 from benchmarks import bench_compile
+from benchmarks import bench_init
 from benchmarks import bench_memory
 from benchmarks import bench_step_time
 from benchmarks import bench_training
@@ -26,6 +27,7 @@ SECTIONS = {
     "step_time": bench_step_time,
     "memory": bench_memory,
     "compile": bench_compile,
+    "init": bench_init,
     "training": bench_training,
 }
 DEFAULT_JSON = pathlib.Path(__file__).resolve().parent / "results" / "latest.json"

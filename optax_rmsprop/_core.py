@@ -149,9 +149,10 @@ def rms_scaler(
         return state_cls(**{name: fields[name] for name in state_cls._fields})
 
     def _nu_dtype_of(param_dtype):
-        return tm.moment_dtype(param_dtype, nu_dtype)
+        return _storage.fill_dtype(tm.moment_dtype(param_dtype, nu_dtype), nu_dtype)
 
     def _mu_dtype_of(param_dtype):
-        return tm.first_moment_dtype(param_dtype, nu_dtype)
+        compute_dtype = tm.first_moment_dtype(param_dtype, nu_dtype)
+        return _storage.fill_dtype(compute_dtype, nu_dtype, mean=True)
 
     return optax.GradientTransformation(init_fn, update_fn)

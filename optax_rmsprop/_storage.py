@@ -68,6 +68,21 @@ def needs_count(nu_dtype: Any) -> bool:
     return nu_dtype is not None and jnp.dtype(nu_dtype) == jnp.bfloat16
 
 
+def fill_dtype(compute_dtype: Any, nu_dtype: Any, mean: bool = False) -> jnp.dtype:
+    """The dtype ``init`` fills a (mean, with ``mean``) average in.
+
+    bf16 storage (and, for compact storage, a real mean) is filled in bf16
+    directly: a fill costs one small compilation per leaf shape, as optax's
+    ``init`` does, and a float32 fill then cast would cost two.
+    """
+    compute_dtype = jnp.dtype(compute_dtype)
+    if jnp.issubdtype(compute_dtype, jnp.complexfloating) or not needs_count(nu_dtype):
+        return compute_dtype
+    if mean or nu_dtype != INT8:
+        return jnp.dtype(jnp.bfloat16)
+    return compute_dtype
+
+
 def init_tree(filled: Any, nu_dtype: Any) -> Any:
     """Stores a tree of filled averages (already shaped and sharded like params)."""
     return jax.tree.map(
