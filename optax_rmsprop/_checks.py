@@ -192,3 +192,69 @@ def check_state_type(state: Any, expected: type, transform: str) -> None:
 
 def _is_none(x: Any) -> bool:
     return x is None
+
+
+def preset_hyperparameter(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float = math.inf,
+    *,
+    one_element: bool = False,
+) -> Any:
+    """Checks a framework preset's numeric hyperparameter; returns it ready to use.
+
+    The frameworks take one number per hyperparameter: PyTorch refuses a
+    tensor ``lr`` of other than one element (and cannot compare any other
+    multi-element hyperparameter with 0), TF1's RMSProp kernels need rank-0
+    tensors and Keras a float. Here an array would instead be broadcast against
+    every parameter, silently giving each element its own rate (or fail inside
+    the first update on a parameter of another shape).
+
+    Args:
+        name: the argument's name, for the messages.
+        value: a number, an array or a tracer.
+        low: if given, a value known now (a plain number, or an array that is
+            not a tracer) must lie in [low, high] and not be NaN.
+        high: the upper end of that range.
+        one_element: accept any array of one element and reshape it to rank 0,
+            as PyTorch squeezes a one-element ``lr`` tensor; otherwise the
+            array must already be rank 0, as TF1's kernels require.
+
+    Returns:
+        ``value``, or a one-element array of higher rank reshaped to rank 0.
+
+    Raises:
+        TypeError: ``value`` is no real number or array (:func:`check_real`).
+        ValueError: an array of the wrong shape (tracers too: their shape is
+            known while tracing), or a known value outside [low, high].
+    """
+    check_real(name, value)
+    if not isinstance(value, numbers.Real):  # An array or a tracer.
+        value = _one_number(name, value, one_element)
+        if low is not None and not isinstance(value, jax.core.Tracer):
+            check_in_range(name, float(np.asarray(value)), low, high)
+    elif low is not None:
+        check_in_range(name, value, low, high)
+    return value
+
+
+def _one_number(name: str, array: Any, one_element: bool) -> Any:
+    """``array`` as rank 0, or ``ValueError`` naming ``name`` and its shape."""
+    shape = jnp.shape(array)
+    if shape == ():
+        return array
+    if one_element and math.prod(shape) == 1:
+        return array.reshape(())
+    wanted = "hold exactly one element" if one_element else "be a scalar (rank 0)"
+    raise ValueError(
+        f"`{name}` must {wanted}, got an array of shape {shape}: one value "
+        "serves every parameter (use optax.multi_transform for per-parameter "
+        "settings)."
+    )
+
+
+def check_not_bool(name: str, value: Any) -> None:
+    """Raises ``TypeError`` for a Python or NumPy bool, which Keras refuses."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a real number or array, got {value!r}.")

@@ -40,6 +40,21 @@ def keras_rmsprop(
     learning rate, before the step. The one intended difference: the
     centered variance is clamped at zero where Keras returns NaN.
 
+    Keras checks only the learning rate when it is built: a float or a
+    schedule, refusing strings, ``None``, bools and arrays with ``ValueError``.
+    This preset refuses those too, the wrong types with ``TypeError`` and
+    arrays that are not rank 0 with ``ValueError``, but also takes ints, NumPy
+    scalars and rank-0 arrays or tracers (``jit``, ``vmap``,
+    ``optax.inject_hyperparams``). Deliberate differences, refused here but
+    accepted by Keras: ``rho`` or ``momentum`` outside [0, 1] (a negative
+    momentum silently turns Keras's momentum off), a negative ``epsilon`` or
+    ``weight_decay``, NaN in any of these, non-scalar arrays for them (Keras
+    broadcasts them against each variable), a non-bool ``centered``. Keras's
+    ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``use_ema`` and
+    ``gradient_accumulation_steps`` are no arguments here: chain
+    :func:`optax.clip_by_global_norm` and friends, or wrap in
+    :class:`optax.MultiSteps`.
+
     Args:
         learning_rate: a number or an optax schedule of the step count (Keras
             evaluates its schedule on ``iterations``, the same count).
@@ -57,9 +72,15 @@ def keras_rmsprop(
         :func:`rmsprop`'s pieces, plus the weight-decay transform when used.
 
     Raises:
-        ValueError: ``rho`` or ``momentum`` outside [0, 1], or a negative
-            ``epsilon`` or ``weight_decay`` (Keras itself checks none of
-            these; all make the average or the step meaningless).
+        TypeError: ``learning_rate`` not a real number, array or schedule
+            (a string, ``None``, a bool, a complex number), as Keras refuses;
+            any other hyperparameter not a real number or array (Keras fails
+            at its first step instead); ``centered`` not a bool.
+        ValueError: a ``learning_rate`` array that is not rank 0, as Keras
+            refuses; and, where Keras checks nothing, ``rho`` or ``momentum``
+            outside [0, 1], a negative ``epsilon`` or ``weight_decay``, NaN
+            in any of these (for plain numbers and arrays whose value is
+            known), or any of them an array that is not rank 0.
 
     Example:
         First step, g = 2, rho 0.9, epsilon 0: v = 0.1 * 4 = 0.4 and the
@@ -72,11 +93,14 @@ def keras_rmsprop(
         >>> print(updates)
         [-0.00316228]
     """
-    _checks.check_in_range("rho", rho, 0.0, 1.0)
-    _checks.check_in_range("momentum", momentum, 0.0, 1.0)
-    _checks.check_non_negative("epsilon", epsilon)
+    if not callable(learning_rate):
+        _checks.check_not_bool("learning_rate", learning_rate)  # As Keras.
+        learning_rate = _checks.preset_hyperparameter("learning_rate", learning_rate)
+    rho = _checks.preset_hyperparameter("rho", rho, 0.0, 1.0)
+    momentum = _checks.preset_hyperparameter("momentum", momentum, 0.0, 1.0)
+    epsilon = _checks.preset_hyperparameter("epsilon", epsilon, 0.0)
     if weight_decay is not None:
-        _checks.check_non_negative("weight_decay", weight_decay)
+        weight_decay = _checks.preset_hyperparameter("weight_decay", weight_decay, 0.0)
     step = _alias.rmsprop(
         learning_rate,
         decay=rho,

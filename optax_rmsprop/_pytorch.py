@@ -1,5 +1,6 @@
 """``pytorch_rmsprop``: ``torch.optim.RMSprop``'s update, names and defaults."""
 
+import math
 from typing import Any
 
 import jax
@@ -51,15 +52,25 @@ def pytorch_rmsprop(
     The one intended difference: the centered variance is clamped at zero,
     where PyTorch returns NaN once rounding makes it negative.
 
+    Arguments are checked as ``torch.optim.RMSprop`` checks them, when the
+    transform is built: ``lr``, ``eps``, ``momentum``, ``weight_decay`` and
+    ``alpha`` must be at least 0 (NaN fails, as PyTorch's ``0 <= x`` does) and
+    be one number; an array must hold one element and is squeezed to a scalar,
+    as PyTorch squeezes a one-element ``lr`` tensor. Tracers (``jit``,
+    ``vmap``, ``optax.inject_hyperparams``) have their shape checked but not
+    their value. Deliberate differences: ``alpha`` and ``momentum`` above 1
+    are refused (PyTorch accepts them; the average of squares turns negative,
+    the buffer grows without bound), ``centered`` and ``maximize`` must be
+    bools (PyTorch takes any truthy value), and ``lr`` may be an optax
+    schedule (PyTorch's schedulers live outside the optimizer).
+
     Args:
         lr: learning rate, a number (at least 0) or an optax schedule of the
             step count (the value PyTorch's scheduler would set for step t).
-        alpha: smoothing constant of the average, in [0, 1] (PyTorch refuses
-            negatives; values above 1 make the average negative).
+        alpha: smoothing constant of the average, in [0, 1].
         eps: added to the root of the average, at least 0.
         weight_decay: coupled L2 penalty, at least 0.
-        momentum: momentum factor in [0, 1]; 0 keeps no buffer (PyTorch accepts
-            values above 1, with which the buffer grows without bound).
+        momentum: momentum factor in [0, 1]; 0 keeps no buffer.
         centered: normalise by the running standard deviation.
         maximize: maximise the objective (negate the gradient).
         nu_dtype: storage of the average: ``None`` (float32 for bf16/f16
@@ -73,8 +84,12 @@ def pytorch_rmsprop(
         ``optax.tree.get`` and converted by :func:`to_torch_state_dict`.
 
     Raises:
-        ValueError: the conditions PyTorch refuses (negative ``lr``, ``eps``,
-            ``momentum``, ``weight_decay`` or ``alpha``), and ``alpha`` or
+        TypeError: a hyperparameter that is no real number or array (or, for
+            ``lr``, schedule), such as a string or ``None``, as in PyTorch;
+            ``centered`` or ``maximize`` not a bool.
+        ValueError: as in PyTorch, a negative or NaN ``lr``, ``eps``,
+            ``momentum``, ``weight_decay`` or ``alpha``, or an array of more
+            (or fewer) than one element; unlike PyTorch, ``alpha`` or
             ``momentum`` above 1.
 
     Example:
@@ -88,13 +103,13 @@ def pytorch_rmsprop(
         >>> print(updates)
         [-1.]
     """
-    if not callable(lr):  # The range check refuses non-numbers too.
-        _checks.check_non_negative("lr", lr)  # torch.optim refuses lr < 0.
+    if not callable(lr):
+        lr = _checked("lr", lr, math.inf)
+    eps = _checked("eps", eps, math.inf)
+    momentum = _checked("momentum", momentum, 1.0)  # PyTorch also takes > 1.
+    weight_decay = _checked("weight_decay", weight_decay, math.inf)
+    alpha = _checked("alpha", alpha, 1.0)  # PyTorch also takes > 1.
     _checks.check_flag("maximize", maximize)
-    _checks.check_non_negative("eps", eps)
-    _checks.check_non_negative("momentum", momentum)
-    _checks.check_non_negative("weight_decay", weight_decay)
-    _checks.check_in_range("alpha", alpha, 0.0, 1.0)
     return _complex_pairs.complex_as_real_pairs(
         optax.chain(
             optax.scale(-1.0) if maximize else optax.identity(),
@@ -106,6 +121,16 @@ def pytorch_rmsprop(
             optax.scale_by_learning_rate(_as_schedule(lr)),
         )
     )
+
+
+def _checked(name: str, value: Any, high: float) -> Any:
+    """PyTorch's check, ``0 <= value`` (so not NaN), for a number or known array.
+
+    Like PyTorch, an array must hold one element and is squeezed to a scalar
+    (``Tensor lr must be 1-element``; PyTorch cannot compare a larger tensor
+    with 0 either). Tracers pass with their shape checked, their value not.
+    """
+    return _checks.preset_hyperparameter(name, value, 0.0, high, one_element=True)
 
 
 def _coupled_weight_decay(weight_decay) -> tuple:

@@ -34,6 +34,17 @@ def tf1_rmsprop(
     is why TF1 models take small first steps). The one intended difference:
     the centered variance is clamped at zero.
 
+    TF1 checks no values; it refuses what its ``ApplyRMSProp`` kernels cannot
+    take: a ``learning_rate``, ``decay``, ``momentum`` or ``epsilon`` that is
+    not a rank-0 tensor ("Shape must be rank 0"), or no number at all (a
+    string or ``None`` fails to convert). This preset refuses the same when it
+    is built (arrays and tracers by their shape). Deliberate differences,
+    refused here but accepted by TF1: ``decay`` or ``momentum`` outside
+    [0, 1], a negative ``epsilon``, NaN in any of these (for plain numbers
+    and arrays whose value is known), and a non-bool ``centered``. TF1 lets
+    every hyperparameter be a zero-argument callable; here only
+    ``learning_rate`` may be a function, an optax schedule of the step count.
+
     Args:
         learning_rate: a number or an optax schedule of the step count.
         decay: discounting factor of the averages, in [0, 1].
@@ -48,8 +59,13 @@ def tf1_rmsprop(
         An :class:`optax.GradientTransformationExtraArgs` (see :func:`rmsprop`).
 
     Raises:
-        ValueError: ``decay`` or ``momentum`` outside [0, 1], or a negative
-            ``epsilon``.
+        TypeError: a hyperparameter that is no real number or array (or, for
+            ``learning_rate``, schedule): TF1 fails on a string or ``None``
+            too, but casts a complex number to its real part; ``centered``
+            not a bool.
+        ValueError: as TF1, any of them an array that is not rank 0; unlike
+            TF1, ``decay`` or ``momentum`` outside [0, 1], or a negative or NaN
+            ``epsilon`` (or NaN ``decay`` or ``momentum``).
 
     Example:
         First step, g = 2, decay 0.9: ms = 0.9 * 1 + 0.1 * 4 = 1.3, so the
@@ -62,9 +78,11 @@ def tf1_rmsprop(
         >>> print(updates)
         [-0.17541161]
     """
-    _checks.check_in_range("decay", decay, 0.0, 1.0)
-    _checks.check_in_range("momentum", momentum, 0.0, 1.0)
-    _checks.check_non_negative("epsilon", epsilon)
+    if not callable(learning_rate):
+        learning_rate = _checks.preset_hyperparameter("learning_rate", learning_rate)
+    decay = _checks.preset_hyperparameter("decay", decay, 0.0, 1.0)
+    momentum = _checks.preset_hyperparameter("momentum", momentum, 0.0, 1.0)
+    epsilon = _checks.preset_hyperparameter("epsilon", epsilon, 0.0)
     return _alias.rmsprop(
         learning_rate,
         decay=decay,

@@ -119,6 +119,16 @@ _GRID = [
 ]
 
 
+def _value_id(value):
+    """A short test id: arrays by kind and shape, exceptions by name."""
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, (np.ndarray, jax.Array)):
+        kind = "jax" if isinstance(value, jax.Array) else "numpy"
+        return f"{kind}{np.shape(value)}"
+    return repr(value)
+
+
 def _id(options):
     return "-".join(f"{key}={value}" for key, value in options.items())
 
@@ -204,20 +214,180 @@ def test_weight_decay_shrinks_by_lr_times_decay_outside_the_momentum_buffer(step
     np.testing.assert_allclose(trajectory, [0.75, 0.6125], rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name, value",
-    [
-        ("epsilon", -1e-7),
-        ("weight_decay", -1e-2),
-        ("rho", -0.1),
-        ("rho", 1.5),
-        ("momentum", -0.5),
-        ("momentum", 1.5),
-    ],
-)
-def test_invalid_argument_raises_value_error_naming_it(name, value):
-    with pytest.raises(ValueError, match=f"`{name}`"):
+# ---------------------------------------------------------------------------
+# Invalid arguments. Keras checks only `learning_rate` when it is built: a
+# Python float or a schedule (callable), anything else raises ValueError.
+# ---------------------------------------------------------------------------
+
+# (value, our exception): each refused by Keras with "Argument
+# `learning_rate` should be float ...".
+_LEARNING_RATES_KERAS_REFUSES = [
+    ("0.001", TypeError),
+    (None, TypeError),
+    (1e-3j, TypeError),
+    (True, TypeError),
+    (np.array([1e-3, 1e-3], np.float32), ValueError),
+    (np.array([1e-3], np.float32), ValueError),
+    (jnp.array([[1e-3]]), ValueError),
+]
+
+
+@pytest.mark.parametrize("value, ours", _LEARNING_RATES_KERAS_REFUSES, ids=_value_id)
+def test_learning_rate_keras_refuses_is_refused_naming_it(value, ours):
+    with pytest.raises(ours, match="`learning_rate`"):
+        optax_rmsprop.keras_rmsprop(learning_rate=value)
+
+
+@pytest.mark.parametrize("value, ours", _LEARNING_RATES_KERAS_REFUSES, ids=_value_id)
+def test_keras_refuses_the_same_learning_rate(value, ours):
+    del ours  # Checked against ours above.
+    with pytest.raises(ValueError, match="`learning_rate` should be float"):
+        keras.optimizers.RMSprop(learning_rate=value)
+
+
+def _keras_first_step(**options):
+    """Builds Keras's optimizer and takes one step on a (2,) variable."""
+    variable = keras.Variable(np.zeros(2, np.float32))
+    optimizer = keras.optimizers.RMSprop(**options)
+    optimizer.apply_gradients([(np.full(2, 2.0, np.float32), variable)])
+    return np.asarray(variable.value)
+
+
+# Not numbers: Keras takes them when built but fails in its first step
+# (TypeError or ValueError, from JAX or from `momentum > 0`); we refuse them
+# when the transform is built, with TypeError (ValueError for the shape).
+_OTHERS_KERAS_FAILS_ON = [
+    ("rho", "0.9", TypeError),
+    ("rho", None, TypeError),
+    ("momentum", "0.9", TypeError),
+    ("momentum", None, TypeError),
+    ("momentum", np.array([0.5, 0.9], np.float32), ValueError),
+    ("epsilon", "1e-7", TypeError),
+    ("epsilon", None, TypeError),
+    ("weight_decay", "x", TypeError),
+]
+
+
+@pytest.mark.parametrize("name, value, ours", _OTHERS_KERAS_FAILS_ON, ids=_value_id)
+def test_setting_keras_fails_on_is_refused_when_built(name, value, ours):
+    with pytest.raises(ours, match=f"`{name}`"):
         optax_rmsprop.keras_rmsprop(**{name: value})
+
+
+@pytest.mark.parametrize("name, value, ours", _OTHERS_KERAS_FAILS_ON, ids=_value_id)
+def test_keras_fails_on_the_same_setting_by_its_first_step(name, value, ours):
+    del ours  # Checked against ours above.
+    with pytest.raises((TypeError, ValueError)):
+        _keras_first_step(**{name: value})
+
+
+# Deliberate differences: Keras takes these and steps (to NaN, or silently
+# without momentum for a negative one, or with per-element rates for
+# arrays); all make the average or the step meaningless.
+_ACCEPTED_BY_KERAS_ONLY = [
+    ("epsilon", -1e-7, ValueError),
+    ("epsilon", float("nan"), ValueError),
+    ("weight_decay", -1e-2, ValueError),
+    ("rho", -0.1, ValueError),
+    ("rho", 1.5, ValueError),
+    ("momentum", -0.5, ValueError),
+    ("momentum", 1.5, ValueError),
+    ("rho", np.array([0.9, 0.99], np.float32), ValueError),
+    ("epsilon", np.array([1e-7, 1e-3], np.float32), ValueError),
+    ("weight_decay", np.array([1e-2, 1e-3], np.float32), ValueError),
+    ("weight_decay", "0.01", TypeError),  # Keras casts the string to 0.01.
+    ("centered", "no", TypeError),
+]
+
+
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_KERAS_ONLY, ids=_value_id)
+def test_setting_keras_accepts_is_refused_naming_it(name, value, ours):
+    with pytest.raises(ours, match=f"`{name}`"):
+        optax_rmsprop.keras_rmsprop(**{name: value})
+
+
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_KERAS_ONLY, ids=_value_id)
+def test_keras_accepts_the_setting_we_refuse(name, value, ours):
+    del ours  # Checked against ours above.
+    assert _keras_first_step(**{name: value}).shape == (2,)
+
+
+def test_known_array_values_are_checked():
+    with pytest.raises(ValueError, match=r"`rho` must lie in \[0.0, 1.0\]"):
+        optax_rmsprop.keras_rmsprop(rho=jnp.array(1.5))
+
+
+# Deliberate differences the other way: Keras wants a Python float and refuses
+# these; one number is unambiguous, and inject_hyperparams passes arrays.
+_LEARNING_RATES_ONLY_WE_ACCEPT = [1, np.float32(0.1), np.array(0.1), jnp.array(0.1)]
+
+
+@pytest.mark.parametrize("value", _LEARNING_RATES_ONLY_WE_ACCEPT, ids=_value_id)
+def test_number_learning_rate_keras_refuses_gives_keras_float_step(value):
+    with pytest.raises(ValueError, match="`learning_rate` should be float"):
+        keras.optimizers.RMSprop(learning_rate=value)
+    theirs = _keras_first_step(learning_rate=float(value))
+    ours = _first_step(optax_rmsprop.keras_rmsprop(learning_rate=value))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Traced hyperparameters (jit, vmap, inject_hyperparams) still pass: their
+# shape is checked, their value (unknown while tracing) is not.
+# ---------------------------------------------------------------------------
+
+
+def _first_step(tx, grad=None):
+    """Our update for one gradient (default two 2s), from zero parameters."""
+    grad = jnp.full(2, 2.0) if grad is None else grad
+    params = jnp.zeros_like(grad)
+    updates, _ = tx.update(grad, tx.init(params), params)
+    return updates
+
+
+def _hand_step(learning_rate, rho):
+    """First step from g = 2, epsilon 0: v = (1 - rho) * 4, -lr * 2 / sqrt(v)."""
+    return -learning_rate * 2.0 / np.sqrt((1.0 - rho) * 4.0)
+
+
+_TRACED = dict(learning_rate=0.5, rho=0.75, momentum=0.9, epsilon=0.0)
+
+
+def test_hyperparameters_traced_under_jit_pass():
+    # weight_decay adds nothing on zero parameters; passed traced all the same.
+    @jax.jit
+    def step(hyperparameters):
+        assert all(isinstance(v, jax.core.Tracer) for v in hyperparameters.values())
+        return _first_step(optax_rmsprop.keras_rmsprop(**hyperparameters))
+
+    hyperparameters = dict(_TRACED, weight_decay=1e-2)
+    ours = step({k: jnp.asarray(v, jnp.float32) for k, v in hyperparameters.items()})
+    np.testing.assert_allclose(ours, np.full(2, _hand_step(0.5, 0.75)), rtol=1e-6)
+
+
+def test_vmapped_learning_rate_gives_each_example_its_own_scalar_rate():
+    def step(learning_rate):
+        return _first_step(optax_rmsprop.keras_rmsprop(learning_rate, epsilon=0.0))
+
+    ours = jax.vmap(step)(jnp.array([1e-3, 1e-2]))
+    expected = [[_hand_step(lr, 0.9)] * 2 for lr in (1e-3, 1e-2)]
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+
+
+def test_traced_array_that_is_not_rank_0_is_refused_under_jit():
+    @jax.jit
+    def step(rho):
+        return _first_step(optax_rmsprop.keras_rmsprop(rho=rho))
+
+    with pytest.raises(ValueError, match="`rho` must be a scalar"):
+        step(jnp.array([0.9]))
+
+
+def test_inject_hyperparams_under_jit_passes():
+    tx = optax.inject_hyperparams(optax_rmsprop.keras_rmsprop)(**_TRACED)
+    params = jnp.zeros(2)
+    updates, _ = jax.jit(tx.update)(jnp.full(2, 2.0), tx.init(params), params)
+    np.testing.assert_allclose(updates, np.full(2, _hand_step(0.5, 0.75)), rtol=1e-6)
 
 
 # A constant gradient of 2.75 with Keras's defaults (rho 0.9, epsilon 1e-7),

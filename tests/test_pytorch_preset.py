@@ -8,6 +8,7 @@ updates, and both add the same parameters when weight decay is on.
 
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -314,40 +315,215 @@ def test_complex_parameters_follow_torch_trajectory(kwargs):
 
 
 # ---------------------------------------------------------------------------
-# Invalid arguments.
+# Invalid arguments: refused as torch.optim.RMSprop refuses them. PyTorch
+# checks `0 <= x` for lr, eps, momentum, weight_decay and alpha (so NaN fails,
+# and a string or None cannot be compared), and raises "Tensor lr must be
+# 1-element" for a larger lr tensor; comparing any other multi-element tensor
+# with 0 raises RuntimeError. PyTorch gets the same value, arrays as tensors.
 # ---------------------------------------------------------------------------
 
-_NEGATIVE = [
-    ("lr", -0.1),
-    ("alpha", -0.5),
-    ("eps", -1e-8),
-    ("weight_decay", -1e-2),
-    ("momentum", -0.9),
+_NAN = float("nan")
+_PAIR = np.array([1e-3, 1e-3], np.float32)
+
+# (argument, value, our exception, PyTorch's exception).
+_REFUSED_LIKE_TORCH = [
+    ("lr", -0.1, ValueError, ValueError),
+    ("alpha", -0.5, ValueError, ValueError),
+    ("eps", -1e-8, ValueError, ValueError),
+    ("weight_decay", -1e-2, ValueError, ValueError),
+    ("momentum", -0.9, ValueError, ValueError),
+    ("lr", _NAN, ValueError, ValueError),
+    ("alpha", _NAN, ValueError, ValueError),
+    ("eps", _NAN, ValueError, ValueError),
+    ("weight_decay", _NAN, ValueError, ValueError),
+    ("momentum", _NAN, ValueError, ValueError),
+    # Arrays whose values are known when the transform is built.
+    ("lr", np.float32(-0.1), ValueError, ValueError),
+    ("lr", jnp.array(-0.1), ValueError, ValueError),
+    ("eps", np.array([-1e-8], np.float32), ValueError, ValueError),
+    ("momentum", jnp.array([[_NAN]]), ValueError, ValueError),
+    # More (or fewer) than one element: the known defect was a (2,) lr giving
+    # each element of a (2,) parameter its own learning rate.
+    ("lr", jnp.asarray(_PAIR), ValueError, ValueError),
+    ("lr", _PAIR, ValueError, ValueError),
+    ("lr", np.zeros(0, np.float32), ValueError, ValueError),
+    ("alpha", jnp.array([0.9, 0.99]), ValueError, RuntimeError),
+    ("eps", jnp.asarray(_PAIR), ValueError, RuntimeError),
+    ("weight_decay", jnp.asarray(_PAIR), ValueError, RuntimeError),
+    ("momentum", jnp.array([0.5, 0.9]), ValueError, RuntimeError),
+    ("momentum", np.zeros((0, 3), np.float32), ValueError, RuntimeError),
+    # Not numbers at all.
+    ("lr", "0.01", TypeError, TypeError),
+    ("lr", None, TypeError, TypeError),
+    ("lr", 1e-2j, TypeError, TypeError),
+    ("alpha", "0.99", TypeError, TypeError),
+    ("eps", None, TypeError, TypeError),
+    ("weight_decay", "0", TypeError, TypeError),
+    ("momentum", None, TypeError, TypeError),
 ]
 
 
-@pytest.mark.parametrize("name, value", _NEGATIVE)
-def test_negative_argument_is_refused_naming_it(name, value):
-    with pytest.raises(ValueError, match=f"`{name}`"):
+def _refused_id(row):
+    name, value = row[:2]
+    if isinstance(value, (np.ndarray, jax.Array)):
+        kind = "jax" if isinstance(value, jax.Array) else "numpy"
+        return f"{name}-{kind}{np.shape(value)}"
+    return f"{name}-{value!r}"
+
+
+_REFUSED_IDS = [_refused_id(row) for row in _REFUSED_LIKE_TORCH]
+
+
+def _as_torch(value):
+    """Arrays as PyTorch tensors, so PyTorch sees a tensor of the same shape."""
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return torch.from_numpy(np.array(value))
+    return value
+
+
+def _torch_rmsprop(**kwargs):
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    return torch.optim.RMSprop([parameter], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, value, ours, theirs", _REFUSED_LIKE_TORCH, ids=_REFUSED_IDS
+)
+def test_argument_torch_refuses_is_refused_naming_it(name, value, ours, theirs):
+    del theirs  # Checked against PyTorch below.
+    with pytest.raises(ours, match=f"`{name}`"):
         optax_rmsprop.pytorch_rmsprop(**{name: value})
 
 
-@pytest.mark.parametrize("name, value", _NEGATIVE)
-def test_torch_refuses_the_same_negative_argument(name, value):
-    with pytest.raises(ValueError, match="Invalid"):
-        torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(1))], **{name: value})
+@pytest.mark.parametrize(
+    "name, value, ours, theirs", _REFUSED_LIKE_TORCH, ids=_REFUSED_IDS
+)
+def test_torch_refuses_the_same_argument(name, value, ours, theirs):
+    del ours  # Checked against ours above.
+    with pytest.raises(theirs):
+        _torch_rmsprop(**{name: _as_torch(value)})
 
 
-def test_alpha_above_one_is_refused():
-    with pytest.raises(ValueError, match="`alpha`"):
-        optax_rmsprop.pytorch_rmsprop(alpha=1.5)
+def test_torch_names_the_one_element_rule_for_lr():
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        _torch_rmsprop(lr=torch.tensor([1e-3, 1e-3]))
+    with pytest.raises(ValueError, match="`lr` must hold exactly one element"):
+        optax_rmsprop.pytorch_rmsprop(lr=jnp.array([1e-3, 1e-3]))
 
 
-def test_torch_accepts_alpha_above_one():
-    # PyTorch only checks alpha >= 0; alpha > 1 gives a negative average of
-    # squares (and NaN steps), so refusing it is our deliberate difference.
-    optimizer = torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(1))], alpha=1.5)
-    assert optimizer.defaults["alpha"] == 1.5
+def _first_step(tx, grad):
+    """Our update for one gradient, from zero parameters of its shape."""
+    params = jnp.zeros_like(grad)
+    updates, _ = tx.update(grad, tx.init(params), params)
+    return updates
+
+
+def _torch_first_step(grad, **kwargs):
+    """PyTorch's parameter after one step from zero, for the same gradient."""
+    parameter = torch.nn.Parameter(torch.zeros(np.shape(grad)))
+    optimizer = torch.optim.RMSprop([parameter], **kwargs)
+    parameter.grad = torch.from_numpy(np.array(grad, np.float32))
+    optimizer.step()
+    return parameter.detach().numpy()
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1)])
+def test_one_element_lr_array_is_squeezed_like_torch(shape):
+    # Unsqueezed, a (1,) lr would turn the scalar parameter's update into a
+    # (1,) array. g = 2, alpha 0.75, eps 0: v = 0.25 * 4 = 1, step -0.5 * 2.
+    grad = jnp.array(2.0)
+    lr = np.full(shape, 0.5, np.float32)
+    tx = optax_rmsprop.pytorch_rmsprop(lr=jnp.asarray(lr), alpha=0.75, eps=0.0)
+    ours = _first_step(tx, grad)
+    theirs = _torch_first_step(grad, lr=torch.from_numpy(lr), alpha=0.75, eps=0.0)
+    assert ours.shape == theirs.shape == ()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours, -1.0, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Traced hyperparameters (jit, vmap, inject_hyperparams) still pass: their
+# shape is checked, their value (unknown while tracing) is not.
+# ---------------------------------------------------------------------------
+
+# One step from g = 2 with alpha 0.75 and eps 0: v = 0.25 * 2**2 = 1, so the
+# update is -lr * 2 / sqrt(1) = -2 lr (weight decay and momentum add nothing on
+# zero parameters and a first step).
+_TRACED = dict(lr=0.5, alpha=0.75, eps=0.0, weight_decay=1e-2, momentum=0.9)
+
+
+def test_hyperparameters_traced_under_jit_pass():
+    @jax.jit
+    def step(hyperparameters):
+        assert all(isinstance(v, jax.core.Tracer) for v in hyperparameters.values())
+        tx = optax_rmsprop.pytorch_rmsprop(**hyperparameters)
+        return _first_step(tx, jnp.full(3, 2.0))
+
+    ours = step({k: jnp.asarray(v, jnp.float32) for k, v in _TRACED.items()})
+    np.testing.assert_allclose(ours, np.full(3, -1.0), rtol=1e-6)
+
+
+def test_traced_lr_is_not_checked_for_sign():
+    # Its value is unknown while tracing: -0.5 passes and ascends, +1 per step.
+    @jax.jit
+    def step(lr):
+        tx = optax_rmsprop.pytorch_rmsprop(lr, alpha=0.75, eps=0.0)
+        return _first_step(tx, jnp.full(1, 2.0))
+
+    np.testing.assert_allclose(step(jnp.float32(-0.5)), [1.0], rtol=1e-6)
+
+
+def test_vmapped_lr_gives_each_example_its_own_scalar_rate():
+    def step(lr):
+        tx = optax_rmsprop.pytorch_rmsprop(lr, alpha=0.75, eps=0.0)
+        return _first_step(tx, jnp.full(2, 2.0))
+
+    ours = jax.vmap(step)(jnp.array([0.25, 0.5]))  # -2 lr for each row.
+    np.testing.assert_allclose(ours, [[-0.5, -0.5], [-1.0, -1.0]], rtol=1e-6)
+
+
+def test_traced_array_of_two_elements_is_refused_under_jit():
+    @jax.jit
+    def step(lr):
+        return _first_step(optax_rmsprop.pytorch_rmsprop(lr), jnp.ones(2))
+
+    with pytest.raises(ValueError, match="`lr` must hold exactly one element"):
+        step(jnp.asarray(_PAIR))
+
+
+def test_inject_hyperparams_under_jit_passes():
+    tx = optax.inject_hyperparams(optax_rmsprop.pytorch_rmsprop)(**_TRACED)
+    params = jnp.zeros(3)
+    updates, _ = jax.jit(tx.update)(jnp.full(3, 2.0), tx.init(params), params)
+    np.testing.assert_allclose(updates, np.full(3, -1.0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Deliberate differences: what PyTorch accepts and we refuse.
+# ---------------------------------------------------------------------------
+
+# alpha > 1 makes the average of squares negative (NaN steps); momentum > 1
+# makes the buffer grow without bound.
+_ACCEPTED_BY_TORCH_ONLY = [
+    ("alpha", 1.5, ValueError),
+    ("alpha", math.inf, ValueError),
+    ("momentum", 1.5, ValueError),
+    ("centered", "no", TypeError),
+    ("maximize", None, TypeError),
+]
+
+
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_TORCH_ONLY)
+def test_setting_torch_accepts_is_refused_naming_it(name, value, ours):
+    with pytest.raises(ours, match=f"`{name}`"):
+        optax_rmsprop.pytorch_rmsprop(**{name: value})
+
+
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_TORCH_ONLY)
+def test_torch_accepts_the_setting_we_refuse(name, value, ours):
+    del ours  # Checked against ours above.
+    optimizer = _torch_rmsprop(**{name: value})
+    assert optimizer.defaults[name] is value
 
 
 # ---------------------------------------------------------------------------

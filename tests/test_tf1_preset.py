@@ -142,6 +142,16 @@ _GRID = [
 ]
 
 
+def _value_id(value):
+    """A short test id: arrays by kind and shape, exceptions by name."""
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, (np.ndarray, jax.Array)):
+        kind = "jax" if isinstance(value, jax.Array) else "numpy"
+        return f"{kind}{np.shape(value)}"
+    return repr(value)
+
+
 def _id(options):
     return "-".join(f"{key}={value}" for key, value in options.items())
 
@@ -202,16 +212,128 @@ def test_momentum_second_step_adds_the_decayed_first():
     np.testing.assert_allclose(updates, [-0.2236068, -0.1880527], rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name, value",
-    [
-        ("decay", -0.1),
-        ("decay", 1.5),
-        ("momentum", -0.5),
-        ("momentum", 1.5),
-        ("epsilon", -1e-10),
-    ],
-)
-def test_invalid_argument_raises_value_error_naming_it(name, value):
-    with pytest.raises(ValueError, match=f"`{name}`"):
-        optax_rmsprop.tf1_rmsprop(0.1, **{name: value})
+# ---------------------------------------------------------------------------
+# Invalid arguments. TF1's RMSPropOptimizer checks no values; its
+# ApplyRMSProp and ApplyCenteredRMSProp shape functions require lr, rho
+# (`decay`), momentum and epsilon of rank 0 ("Shape must be rank 0 but is
+# rank 1"), and `ops.convert_to_tensor(None)` or a string cast to a float fails.
+# TensorFlow is not installed here, so these are checked against that
+# reading of tensorflow/core/ops/training_ops.cc and training/rmsprop.py.
+# ---------------------------------------------------------------------------
+
+_REFUSED_LIKE_TF1 = [
+    ("learning_rate", np.array([0.1, 0.1], np.float32), ValueError),
+    ("learning_rate", jnp.array([0.1]), ValueError),
+    ("decay", jnp.array([0.9, 0.99]), ValueError),
+    ("decay", np.array([[0.9]], np.float32), ValueError),
+    ("momentum", jnp.array([0.5, 0.9]), ValueError),
+    ("epsilon", np.zeros(0, np.float32), ValueError),
+    ("learning_rate", None, TypeError),
+    ("learning_rate", "0.1", TypeError),
+    ("decay", None, TypeError),
+    ("momentum", "0.9", TypeError),
+    ("epsilon", None, TypeError),
+]
+
+
+def _kwargs(name, value):
+    """``tf1_rmsprop``'s arguments with ``name`` set (``learning_rate`` 0.1)."""
+    return {"learning_rate": 0.1, name: value}
+
+
+@pytest.mark.parametrize("name, value, ours", _REFUSED_LIKE_TF1, ids=_value_id)
+def test_argument_tf1_refuses_is_refused_naming_it(name, value, ours):
+    with pytest.raises(ours, match=f"`{name}`"):
+        optax_rmsprop.tf1_rmsprop(**_kwargs(name, value))
+
+
+def test_array_learning_rate_message_asks_for_rank_0():
+    with pytest.raises(ValueError, match="must be a scalar \\(rank 0\\)"):
+        optax_rmsprop.tf1_rmsprop(jnp.array([0.1]))
+
+
+# Deliberate differences: TF1 runs its kernel on these (NaN or growing steps);
+# we refuse them, plain numbers and arrays whose value is known alike.
+_ACCEPTED_BY_TF1_ONLY = [
+    ("decay", -0.1, ValueError),
+    ("decay", 1.5, ValueError),
+    ("decay", float("nan"), ValueError),
+    ("decay", jnp.array(1.5), ValueError),
+    ("momentum", -0.5, ValueError),
+    ("momentum", 1.5, ValueError),
+    ("momentum", np.float32(2.0), ValueError),
+    ("epsilon", -1e-10, ValueError),
+    ("epsilon", jnp.array(float("nan")), ValueError),
+    ("centered", "no", TypeError),
+]
+
+
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_TF1_ONLY, ids=_value_id)
+def test_setting_tf1_accepts_is_refused_naming_it(name, value, ours):
+    with pytest.raises(ours, match=f"`{name}`"):
+        optax_rmsprop.tf1_rmsprop(**_kwargs(name, value))
+
+
+def _step_from_two(tx):
+    """Our first update for g = 2 on a (2,) parameter."""
+    return _first_step_of(tx, jnp.full(2, 2.0))
+
+
+def _first_step_of(tx, grad):
+    updates, _ = tx.update(grad, tx.init(jnp.zeros_like(grad)))
+    return updates
+
+
+def _hand_step(learning_rate, decay):
+    """First step from g = 2: ms = decay * 1 + (1 - decay) * 4, -lr * 2 / sqrt(ms)."""
+    return -learning_rate * 2.0 / np.sqrt(decay + (1.0 - decay) * 4.0)
+
+
+@pytest.mark.parametrize("learning_rate", [-0.1, np.float32(-0.1), jnp.array(-0.1)])
+def test_negative_learning_rate_is_taken_as_tf1_takes_it(learning_rate):
+    # TF1 checks no sign: a negative rate ascends, +0.2 / sqrt(1.3) = 0.1754.
+    ours = _step_from_two(optax_rmsprop.tf1_rmsprop(learning_rate))
+    np.testing.assert_allclose(ours, np.full(2, _hand_step(-0.1, 0.9)), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Traced hyperparameters (jit, vmap, inject_hyperparams) still pass: their
+# shape is checked, their value (unknown while tracing) is not.
+# ---------------------------------------------------------------------------
+
+_TRACED = dict(learning_rate=0.1, decay=0.9, momentum=0.5, epsilon=0.0)
+
+
+def test_hyperparameters_traced_under_jit_pass():
+    @jax.jit
+    def step(hyperparameters):
+        assert all(isinstance(v, jax.core.Tracer) for v in hyperparameters.values())
+        return _step_from_two(optax_rmsprop.tf1_rmsprop(**hyperparameters))
+
+    ours = step({k: jnp.asarray(v, jnp.float32) for k, v in _TRACED.items()})
+    np.testing.assert_allclose(ours, np.full(2, _hand_step(0.1, 0.9)), rtol=1e-6)
+
+
+def test_vmapped_decay_gives_each_example_its_own_scalar_decay():
+    def step(decay):
+        return _step_from_two(optax_rmsprop.tf1_rmsprop(0.1, decay, epsilon=0.0))
+
+    ours = jax.vmap(step)(jnp.array([0.9, 0.5]))
+    expected = [[_hand_step(0.1, decay)] * 2 for decay in (0.9, 0.5)]
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+
+
+def test_traced_array_that_is_not_rank_0_is_refused_under_jit():
+    @jax.jit
+    def step(epsilon):
+        return _step_from_two(optax_rmsprop.tf1_rmsprop(0.1, epsilon=epsilon))
+
+    with pytest.raises(ValueError, match="`epsilon` must be a scalar"):
+        step(jnp.array([1e-10, 1e-10]))
+
+
+def test_inject_hyperparams_under_jit_passes():
+    tx = optax.inject_hyperparams(optax_rmsprop.tf1_rmsprop)(**_TRACED)
+    params = jnp.zeros(2)
+    updates, _ = jax.jit(tx.update)(jnp.full(2, 2.0), tx.init(params), params)
+    np.testing.assert_allclose(updates, np.full(2, _hand_step(0.1, 0.9)), rtol=1e-6)
