@@ -84,14 +84,14 @@ def keras_rmsprop(
 
     Example:
         First step, g = 2, rho 0.9, epsilon 0: v = 0.1 * 4 = 0.4 and the
-        parameter moves by -0.001 * 2 / sqrt(0.4) = -0.0031622776:
+        parameter moves by -0.001 * 2 / sqrt(0.4) = -0.003162:
 
         >>> import jax.numpy as jnp
         >>> import optax_rmsprop
         >>> tx = optax_rmsprop.keras_rmsprop(epsilon=0.0)
         >>> updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
-        >>> print(updates)
-        [-0.00316228]
+        >>> print(f"{updates[0]:.6f}")
+        -0.003162
     """
     if not callable(learning_rate):
         _checks.check_not_bool("learning_rate", learning_rate)  # As Keras.

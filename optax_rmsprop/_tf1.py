@@ -69,14 +69,14 @@ def tf1_rmsprop(
 
     Example:
         First step, g = 2, decay 0.9: ms = 0.9 * 1 + 0.1 * 4 = 1.3, so the
-        parameter moves by -0.1 * 2 / sqrt(1.3) = -0.1754116:
+        parameter moves by -0.1 * 2 / sqrt(1.3) = -0.175412:
 
         >>> import jax.numpy as jnp
         >>> import optax_rmsprop
         >>> tx = optax_rmsprop.tf1_rmsprop(learning_rate=0.1)
         >>> updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
-        >>> print(updates)
-        [-0.17541161]
+        >>> print(f"{updates[0]:.6f}")
+        -0.175412
     """
     if not callable(learning_rate):
         learning_rate = _checks.preset_hyperparameter("learning_rate", learning_rate)
