@@ -4,18 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench docs clean
+.PHONY: demo test bench docs site clean
 
 demo: $(VENV)/.examples
 	$(BIN)/python examples/train_digits.py
 
 # --dist loadfile: a test module's cached compilations are built by one worker,
 # not by both (404 s -> 360 s here).
-test: $(VENV)/.test $(VENV)/.examples
+test: $(VENV)/.test $(VENV)/.examples $(VENV)/.docs
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks
+
+# The documentation site, into build/site (warnings are errors, every
+# cross-reference must resolve; no network needed). tests/test_docs_site.py
+# runs the same build.
+site: $(VENV)/.docs
+	$(BIN)/python -m sphinx -W -n --keep-going -q -b html docs build/site
 
 # Regenerates the images the README shows.
 docs: $(VENV)/.examples
