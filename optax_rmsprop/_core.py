@@ -61,8 +61,14 @@ def state_class(centered: bool, bias_correction: bool, compact: bool = False) ->
     """
     if compact:
         return CompactRStdDevState if centered else CompactRmsState
-    factory = optax.scale_by_stddev if centered else optax.scale_by_rms
+    factory = _OPTAX_SCALERS[centered]
     return type(jax.eval_shape(factory(bias_correction=bias_correction).init, ()))
+
+
+# optax's own factories, taken at import: a program (or optax's own test
+# suite) that sets ``optax.scale_by_rms = optax_rmsprop.scale_by_rms`` must
+# not make ``state_class`` call ours, recursing forever.
+_OPTAX_SCALERS = {False: optax.scale_by_rms, True: optax.scale_by_stddev}
 
 
 def check_hyperparameters(decay: Any, eps: Any, initial_scale: Any) -> None:
