@@ -6,9 +6,9 @@ import jax
 import optax
 
 from optax_rmsprop import _checks
+from optax_rmsprop import _core
 from optax_rmsprop import _momentum
-from optax_rmsprop import _rms
-from optax_rmsprop import _tree_math as tm
+from optax_rmsprop import _storage
 
 
 def rmsprop(
@@ -115,22 +115,60 @@ def rmsprop(
         <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
     _checks.check_learning_rate("learning_rate", learning_rate)
+    scaler = dict(
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+        centered=centered,
+    )
+    nu_dtype = _checks.check_scaler_arguments(**scaler, nu_dtype=nu_dtype)
+    if momentum is not None:
+        _checks.check_in_range("momentum", momentum, 0.0, 1.0)
     _checks.check_flag("nesterov", nesterov)
     if weight_decay is not None:
         _checks.check_non_negative("weight_decay", weight_decay)
+    return rmsprop_chain(
+        learning_rate=learning_rate,
+        **scaler,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        nu_dtype=nu_dtype,
+    )
+
+
+def rmsprop_chain(
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    initial_scale: jax.typing.ArrayLike,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    centered: bool,
+    momentum: jax.typing.ArrayLike | None,
+    nesterov: bool,
+    weight_decay: jax.typing.ArrayLike | None,
+    weight_decay_mask: Any,
+    nu_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`rmsprop`'s chain from checked arguments (the Keras and TF1 presets)."""
     return optax.chain(
-        _rms.scale_by_rms(
-            decay,
-            eps,
-            initial_scale,
-            eps_in_sqrt,
-            bias_correction,
+        _core.rms_scaler(
+            decay=decay,
+            eps=eps,
+            initial_scale=initial_scale,
+            eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction,
             centered=centered,
             nu_dtype=nu_dtype,
         ),
         *_decoupled_weight_decay(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-        _momentum_or_identity(momentum, nesterov, nu_dtype),
+        _momentum_or_nothing(momentum, nesterov, nu_dtype),
     )
 
 
@@ -141,10 +179,11 @@ def _decoupled_weight_decay(weight_decay, mask) -> tuple:
     return (optax.add_decayed_weights(weight_decay, mask),)
 
 
-def _momentum_or_identity(momentum, nesterov, nu_dtype):
+def _momentum_or_nothing(momentum, nesterov, nu_dtype) -> optax.GradientTransformation:
     if momentum is None:
         return _momentum.no_momentum()
-    nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
     return _momentum.momentum(
-        momentum, nesterov, lambda dtype: tm.first_moment_dtype(dtype, nu_dtype)
+        decay=momentum,
+        nesterov=nesterov,
+        accumulator_dtype=lambda dtype: _storage.first_moment_dtype(dtype, nu_dtype),
     )

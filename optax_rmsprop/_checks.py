@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_rmsprop import _storage
+from optax_rmsprop import _tree_math as tm
 
 
 def check_real(name: str, value: Any) -> None:
@@ -64,6 +65,38 @@ def check_in_range(name: str, value: Any, low: float, high: float) -> None:
         return
     if math.isnan(value) or not low <= value <= high:
         raise ValueError(f"`{name}` must lie in [{low}, {high}], got {value!r}.")
+
+
+def check_scaler_arguments(
+    *,
+    decay: Any,
+    eps: Any,
+    initial_scale: Any,
+    eps_in_sqrt: Any,
+    bias_correction: Any,
+    centered: Any,
+    nu_dtype: Any,
+) -> Any:
+    """Checks the arguments every RMS scaler takes; returns the canonical ``nu_dtype``.
+
+    Raises:
+        ValueError: ``decay`` outside [0, 1], a negative ``eps`` or
+            ``initial_scale``, or a ``nu_dtype`` that is none of the storages.
+        TypeError: a hyperparameter that is no real number, or a flag that is
+            not a bool.
+    """
+    check_decay_and_eps(decay, eps)
+    check_non_negative("initial_scale", initial_scale)
+    check_flag("eps_in_sqrt", eps_in_sqrt)
+    check_flag("bias_correction", bias_correction)
+    check_flag("centered", centered)
+    return canonical_nu_dtype("nu_dtype", nu_dtype)
+
+
+def check_decay_and_eps(decay: Any, eps: Any) -> None:
+    """``decay`` in [0, 1] and ``eps`` at least 0, under those names."""
+    check_in_range("decay", decay, 0.0, 1.0)
+    check_non_negative("eps", eps)
 
 
 def check_non_negative(name: str, value: Any) -> None:
@@ -121,11 +154,6 @@ def canonical_nu_dtype(name: str, nu_dtype: Any) -> Any:
         ) from error
 
 
-def check_inexact_params(params: Any) -> None:
-    """Raises ``TypeError`` naming the first integer or boolean leaf of ``params``."""
-    check_inexact_leaves("params", params)
-
-
 def check_inexact_leaves(name: str, tree: Any) -> None:
     """Raises ``TypeError`` naming the first leaf of ``tree`` that is not inexact.
 
@@ -151,7 +179,7 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
     Without this, ``jax.tree.map`` reports a mismatch deep inside the update
     with no hint that the state was built for other parameters.
     """
-    updates_structure = jax.tree.structure(updates, is_leaf=_is_none)
+    updates_structure = jax.tree.structure(updates, is_leaf=tm.is_none)
     moment_leaves, moments_structure = jax.tree.flatten(
         moments, is_leaf=_storage.is_stored_leaf
     )
@@ -164,7 +192,7 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
     check_inexact_leaves("updates", updates)
     gradient_leaves = jax.tree_util.tree_leaves_with_path(updates)
     moment_leaves = [m for m in moment_leaves if m is not None]
-    for (path, g), m in zip(gradient_leaves, moment_leaves):
+    for (path, g), m in zip(gradient_leaves, moment_leaves, strict=True):
         if jnp.shape(g) != _storage.stored_shape(m):
             where = jax.tree_util.keystr(path) or "<root>"
             raise ValueError(
@@ -188,10 +216,6 @@ def check_state_type(state: Any, expected: type, transform: str) -> None:
             f"{expected.__name__}: was the state built or saved with other "
             "options, or restored without a target?"
         )
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def preset_hyperparameter(

@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-def _is_none(x: Any) -> bool:
-    return x is None
+from optax_rmsprop import _tree_math as tm
 
 
 def as_real_pairs(tree: Any) -> Any:
@@ -26,7 +24,7 @@ def as_real_pairs(tree: Any) -> Any:
             return x
         return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
 
-    return jax.tree.map(to_pairs, tree, is_leaf=_is_none)
+    return jax.tree.map(to_pairs, tree, is_leaf=tm.is_none)
 
 
 def _from_real_pairs(tree: Any, like: Any) -> Any:
@@ -35,7 +33,7 @@ def _from_real_pairs(tree: Any, like: Any) -> Any:
             return x
         return jax.lax.complex(x[..., 0], x[..., 1]).astype(y.dtype)
 
-    return jax.tree.map(from_pairs, tree, like, is_leaf=_is_none)
+    return jax.tree.map(from_pairs, tree, like, is_leaf=tm.is_none)
 
 
 def complex_as_real_pairs(

@@ -1,9 +1,10 @@
-"""The one parametrised RMSprop scaler behind ``scale_by_rms`` and ``scale_by_stddev``.
+"""The one parametrised RMSprop scaler behind every factory of this package.
 
-Both public factories call :func:`rms_scaler`; the boolean options pick a code
-path here, once, when the transform is built.  The state is optax's own
-``NamedTuple`` for the chosen options, so checkpoints move between the two
-libraries.
+Every public factory (``scale_by_rms``, ``scale_by_stddev``, ``rmsprop`` and
+the presets) checks its arguments and calls :func:`rms_scaler`; the boolean
+options and the storage pick a code path here, once, when the transform is
+built. The state is optax's own ``NamedTuple`` for the chosen options, so
+checkpoints move between the two libraries.
 """
 
 import functools
@@ -71,14 +72,8 @@ def state_class(centered: bool, bias_correction: bool, compact: bool = False) ->
 _OPTAX_SCALERS = {False: optax.scale_by_rms, True: optax.scale_by_stddev}
 
 
-def check_hyperparameters(decay: Any, eps: Any, initial_scale: Any) -> None:
-    """Refuses plain-number settings that mean nothing for an EMA of squares."""
-    _checks.check_in_range("decay", decay, 0.0, 1.0)
-    _checks.check_non_negative("eps", eps)
-    _checks.check_non_negative("initial_scale", initial_scale)
-
-
 def rms_scaler(
+    *,
     decay: jax.typing.ArrayLike,
     eps: jax.typing.ArrayLike,
     initial_scale: jax.typing.ArrayLike,
@@ -87,78 +82,70 @@ def rms_scaler(
     centered: bool,
     nu_dtype: Any,
 ) -> optax.GradientTransformation:
-    """Builds the scaler; see ``scale_by_rms`` for the maths and arguments."""
-    check_hyperparameters(decay, eps, initial_scale)
-    _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
-    _checks.check_flag("bias_correction", bias_correction)
-    _checks.check_flag("centered", centered)
-    nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
-    compact = _storage.needs_count(nu_dtype)
-    state_cls = state_class(centered, bias_correction, compact)
-    counts_steps = bias_correction or compact
-    eps_is_positive = _checks.is_plain_positive(eps)
+    """The scaler from checked arguments; see ``scale_by_rms`` for the maths.
+
+    The public factories check their arguments under the names the user
+    typed (``_checks.check_scaler_arguments``, a preset's own names) and pass
+    ``nu_dtype`` in canonical form; nothing is checked twice.
+    """
+    nu_storage, mean_storage = _storage.storages(nu_dtype)
+    counts_steps = bias_correction or nu_storage.compact
+    state_cls = state_class(centered, bias_correction, nu_storage.compact)
+    new_state = _state_constructor(state_cls, centered, counts_steps)
+    guard = tm.zero_guard(
+        eps_can_be_zero=not _checks.is_plain_positive(eps), centered=centered
+    )
+
+    def nu_fill_dtype(param_dtype):
+        return nu_storage.fill_dtype(_storage.moment_dtype(param_dtype, nu_dtype))
+
+    def mu_fill_dtype(param_dtype):
+        return mean_storage.fill_dtype(_storage.first_moment_dtype(param_dtype, nu_dtype))
 
     def init_fn(params):
-        _checks.check_inexact_params(params)
-        nu = tm.full_like(params, initial_scale, _nu_dtype_of)
-        mu = tm.full_like(params, 0, _mu_dtype_of) if centered else None
-        return _state(
-            nu=_storage.init_tree(nu, nu_dtype),
-            mu=_storage.init_mean_tree(mu, nu_dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
+        _checks.check_inexact_leaves("params", params)
+        nu = tm.full_like(params, initial_scale, nu_fill_dtype)
+        mu = tm.full_like(params, 0, mu_fill_dtype) if centered else None
+        count = jnp.zeros([], jnp.int32) if counts_steps else None
+        return new_state(count, mean_storage.init(mu), nu_storage.init(nu))
 
     def update_fn(updates, state, params=None):
         del params  # Unused.
         _checks.check_state_type(state, state_cls, "the RMS scaler")
         _checks.check_tree_matches(updates, state.nu)
-        updates = tm.map_leaves(jnp.asarray, updates)  # Python float leaves too.
+        g = tm.map_leaves(jnp.asarray, updates)  # Python float leaves too.
         count = optax.safe_increment(state.count) if counts_steps else None
-        previous_nu = _previous_nu(updates, state.nu)
-        nu = tm.ema_of_squares(updates, previous_nu, decay)
-        mu = tm.ema(updates, _decoded(updates, state.mu), decay) if centered else None
-        variance = _variance(nu, mu, count)
+        nu = tm.ema_of_squares(g, nu_storage.read(g, state.nu), decay)
+        mu = tm.ema(g, mean_storage.read(g, state.mu), decay) if centered else None
+        nu_hat, mu_hat = _debiased(nu, mu, count)
+        variance = tm.centered_variance(mu_hat, nu_hat) if centered else nu_hat
         scaled = tm.scale_by_inverse_rms(
-            updates, variance, eps, eps_in_sqrt, eps_is_positive, centered
+            g, variance, eps=eps, eps_in_sqrt=eps_in_sqrt, guard=guard
         )
-        return scaled, _state(
-            nu=_stored(nu, state.nu, count),
-            mu=_stored(mu, state.mu, count) if centered else None,
-            count=count,
+        return scaled, new_state(
+            count,
+            mean_storage.write(mu, state.mu, count) if centered else None,
+            nu_storage.write(nu, state.nu, count),
         )
 
-    def _previous_nu(updates, stored):
-        """The stored average in compute precision, never ``inf``.
-
-        An average that overflowed last step (|g| > 1.8e19 in float32) is read
-        as the largest finite value, so it is forgotten like any other instead
-        of freezing the parameter at a zero update forever. Compact storage
-        cannot hold ``inf`` (bf16 rounding clips, int8 saturates), and a cap
-        there would make XLA copy the stored average every step.
-        """
-        return _decoded(updates, stored) if compact else tm.capped(stored)
-
-    def _decoded(updates, stored):
-        return _storage.decode_tree(updates, stored) if compact else stored
-
-    def _stored(values, previous, count):
-        return _storage.encode_tree(values, previous, count) if compact else values
-
-    def _variance(nu, mu, count):
-        """The debiased second moment, centred by the mean when asked."""
-        if bias_correction:
-            nu, mu = tm.debias(nu, decay, count), tm.debias(mu, decay, count)
-        return tm.centered_variance(mu, nu) if centered else nu
-
-    def _state(**fields):
-        """Keeps only the fields of optax's state class for these options."""
-        return state_cls(**{name: fields[name] for name in state_cls._fields})
-
-    def _nu_dtype_of(param_dtype):
-        return _storage.fill_dtype(tm.moment_dtype(param_dtype, nu_dtype), nu_dtype)
-
-    def _mu_dtype_of(param_dtype):
-        compute_dtype = tm.first_moment_dtype(param_dtype, nu_dtype)
-        return _storage.fill_dtype(compute_dtype, nu_dtype, mean=True)
+    def _debiased(nu, mu, count):
+        if not bias_correction:
+            return nu, mu
+        return tm.debias(nu, decay, count), tm.debias(mu, decay, count)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _state_constructor(state_cls: type, centered: bool, counts_steps: bool):
+    """``(count, mu, nu) -> state``, naming exactly the fields ``state_cls`` has.
+
+    A field the class lacks is a ``TypeError`` at build time, not a value
+    silently dropped.
+    """
+    if centered and counts_steps:
+        return lambda count, mu, nu: state_cls(count=count, mu=mu, nu=nu)
+    if centered:
+        return lambda count, mu, nu: state_cls(mu=mu, nu=nu)
+    if counts_steps:
+        return lambda count, mu, nu: state_cls(count=count, nu=nu)
+    return lambda count, mu, nu: state_cls(nu=nu)

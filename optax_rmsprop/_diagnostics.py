@@ -169,7 +169,7 @@ def find_rms_state(opt_state: optax.OptState) -> optax.OptState:
 
 
 def _check_settings(decay, eps, eps_in_sqrt, bias_correction) -> None:
-    _core.check_hyperparameters(decay, eps, 0.0)
+    _checks.check_decay_and_eps(decay, eps)
     _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
     _checks.check_flag("bias_correction", bias_correction)
 

@@ -101,13 +101,20 @@ def keras_rmsprop(
     epsilon = _checks.preset_hyperparameter("epsilon", epsilon, 0.0)
     if weight_decay is not None:
         weight_decay = _checks.preset_hyperparameter("weight_decay", weight_decay, 0.0)
-    step = _alias.rmsprop(
-        learning_rate,
+    _checks.check_flag("centered", centered)
+    step = _alias.rmsprop_chain(
+        learning_rate=learning_rate,
         decay=rho,
         eps=epsilon,
+        initial_scale=0.0,
+        eps_in_sqrt=True,
+        bias_correction=False,
         centered=centered,
         momentum=None if _checks.is_plain_zero(momentum) else momentum,
-        nu_dtype=nu_dtype,
+        nesterov=False,
+        weight_decay=None,
+        weight_decay_mask=None,
+        nu_dtype=_checks.canonical_nu_dtype("nu_dtype", nu_dtype),
     )
     if weight_decay is None or _checks.is_plain_zero(weight_decay):
         return step

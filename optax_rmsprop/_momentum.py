@@ -11,7 +11,7 @@ the gradient and the (materialised) ``1/rms`` scaling: 11 float32 passes per
 parameter for the fused RMSprop step instead of optax's 14.
 """
 
-from typing import Any
+from typing import Callable
 
 import jax
 import optax
@@ -21,16 +21,16 @@ from optax_rmsprop import _tree_math as tm
 
 
 def momentum(
-    decay: jax.typing.ArrayLike, nesterov: bool, accumulator_dtype: Any
+    *, decay: jax.typing.ArrayLike, nesterov: bool, accumulator_dtype: Callable
 ) -> optax.GradientTransformation:
-    """Momentum on the learning-rate-scaled updates (state ``optax.TraceState``).
+    """Momentum on the updates it is given (state ``optax.TraceState``).
 
     Args:
-        decay: the momentum coefficient, in [0, 1].
+        decay: the momentum coefficient, checked by the caller under the
+            name its user typed.
         nesterov: return ``u + decay * t`` instead of ``t``.
         accumulator_dtype: a ``param dtype -> buffer dtype`` function.
     """
-    _checks.check_in_range("momentum", decay, 0.0, 1.0)
 
     def init_fn(params):
         return optax.TraceState(trace=tm.full_like(params, 0, accumulator_dtype))

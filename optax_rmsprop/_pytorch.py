@@ -8,9 +8,9 @@ import optax
 
 from optax_rmsprop import _checks
 from optax_rmsprop import _complex_pairs
+from optax_rmsprop import _core
 from optax_rmsprop import _momentum
-from optax_rmsprop import _rms
-from optax_rmsprop import _tree_math as tm
+from optax_rmsprop import _storage
 
 
 def pytorch_rmsprop(
@@ -109,16 +109,29 @@ def pytorch_rmsprop(
     momentum = _checked("momentum", momentum, 1.0)  # PyTorch also takes > 1.
     weight_decay = _checked("weight_decay", weight_decay, math.inf)
     alpha = _checked("alpha", alpha, 1.0)  # PyTorch also takes > 1.
+    _checks.check_flag("centered", centered)
     _checks.check_flag("maximize", maximize)
+    nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
+    scaler = _core.rms_scaler(
+        decay=alpha,
+        eps=eps,
+        initial_scale=0.0,
+        eps_in_sqrt=False,
+        bias_correction=False,
+        centered=centered,
+        nu_dtype=nu_dtype,
+    )
     return _complex_pairs.complex_as_real_pairs(
         optax.chain(
             optax.scale(-1.0) if maximize else optax.identity(),
             *_coupled_weight_decay(weight_decay),
-            _rms.scale_by_rms(
-                alpha, eps, 0.0, eps_in_sqrt=False, centered=centered, nu_dtype=nu_dtype
-            ),
+            scaler,
             *_buffer_before_learning_rate(momentum),
-            optax.scale_by_learning_rate(_as_schedule(lr)),
+            # A schedule even for a constant, so the state counts steps like
+            # PyTorch's ``step``.
+            optax.scale_by_learning_rate(
+                lr if callable(lr) else optax.constant_schedule(lr)
+            ),
         )
     )
 
@@ -143,12 +156,10 @@ def _buffer_before_learning_rate(momentum) -> tuple:
     """PyTorch keeps the buffer of unscaled steps: ``p -= lr * buf``."""
     if _checks.is_plain_zero(momentum):
         return ()
-    dtype_of = lambda param_dtype: tm.first_moment_dtype(param_dtype, None)
-    return (_momentum.momentum(momentum, False, dtype_of),)
-
-
-def _as_schedule(lr):
-    """A constant as a schedule, so the state counts steps like PyTorch's ``step``."""
-    if callable(lr):
-        return lr
-    return lambda count: lr
+    return (
+        _momentum.momentum(
+            decay=momentum,
+            nesterov=False,
+            accumulator_dtype=lambda dtype: _storage.first_moment_dtype(dtype, None),
+        ),
+    )

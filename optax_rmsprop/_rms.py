@@ -7,7 +7,6 @@ import optax
 
 from optax_rmsprop import _checks
 from optax_rmsprop import _core
-from optax_rmsprop import _stddev
 
 
 def scale_by_rms(
@@ -102,11 +101,13 @@ def scale_by_rms(
         lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
         2012.
     """
-    _checks.check_flag("centered", centered)
-    if centered:
-        return _stddev.scale_by_stddev(
-            decay, eps, initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype
-        )
-    return _core.rms_scaler(
-        decay, eps, initial_scale, eps_in_sqrt, bias_correction, False, nu_dtype
+    arguments = dict(
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+        centered=centered,
     )
+    nu_dtype = _checks.check_scaler_arguments(**arguments, nu_dtype=nu_dtype)
+    return _core.rms_scaler(**arguments, nu_dtype=nu_dtype)

@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import optax
 
+from optax_rmsprop import _checks
 from optax_rmsprop import _core
 
 
@@ -87,6 +88,13 @@ def scale_by_stddev(
         lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
         2012.
     """
-    return _core.rms_scaler(
-        decay, eps, initial_scale, eps_in_sqrt, bias_correction, True, nu_dtype
+    arguments = dict(
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+        centered=True,
     )
+    nu_dtype = _checks.check_scaler_arguments(**arguments, nu_dtype=nu_dtype)
+    return _core.rms_scaler(**arguments, nu_dtype=nu_dtype)

@@ -28,10 +28,13 @@ the history, and ``|update| <= 1 / sqrt(1 - decay)`` holds as in float32.
 
 import math
 from typing import Any
+from typing import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from optax_rmsprop import _tree_math as tm
 
 INT8 = "int8"
 BLOCK_SIZE = 256
@@ -39,6 +42,7 @@ MIN_QUANTISED_SIZE = 4096
 _HEADROOM = 4  # Binades of room above the block scale for a growing average.
 _EXPONENT_BIAS = 127 - 31 + _HEADROOM  # Code exponent e in 1..31 -> 2**(e-31+4).
 _SMALLEST = 2.0 ** (1 - 31 + _HEADROOM)  # Code 8 (e = 1, m = 0), relative to scale.
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 class Int8Blocks(NamedTuple):
@@ -56,6 +60,118 @@ class Int8Blocks(NamedTuple):
     scales: jax.Array
 
 
+class Storage(NamedTuple):
+    """How one running average is kept between steps; chosen when a transform is built.
+
+    Attributes:
+        compact: whether ``write`` draws random bits keyed by the step count
+            (the state must then count steps).
+        fill_dtype: maps the average's compute dtype to the dtype ``init``
+            fills it in.
+        init: a filled tree (shaped and sharded like the params) -> the
+            stored tree.
+        read: ``(updates, stored)`` -> the average in compute precision.
+        write: ``(values, previous stored, count)`` -> the stored tree.
+    """
+
+    compact: bool
+    fill_dtype: Callable[[Any], jnp.dtype]
+    init: Callable[[Any], Any]
+    read: Callable[[Any, Any], Any]
+    write: Callable[[Any, Any, Any], Any]
+
+
+def storages(nu_dtype: Any) -> tuple[Storage, Storage]:
+    """``(average of squares, running mean)`` storages for a canonical ``nu_dtype``.
+
+    A plain floating dtype (or ``None``) keeps each average as an array; the
+    average of squares read from it is capped at the dtype's largest finite
+    value (``tm.capped``). ``jnp.bfloat16`` stores both averages in bf16 with
+    stochastic rounding; ``"int8"`` stores the average of squares as
+    :class:`Int8Blocks` and the mean in bf16. Compact storages cannot hold
+    ``inf`` (bf16 rounding clips, int8 saturates): no cap, which would make
+    XLA copy the stored average every step.
+    """
+    if not needs_count(nu_dtype):
+        plain = Storage(
+            compact=False,
+            fill_dtype=jnp.dtype,
+            init=_same,
+            read=_read_plain,
+            write=_write_plain,
+        )
+        return plain._replace(read=_read_capped), plain
+    bf16 = Storage(
+        compact=True,
+        fill_dtype=_bf16_unless_complex,
+        init=_same,
+        read=decode_tree,
+        write=encode_tree,
+    )
+    if nu_dtype == INT8:
+        return bf16._replace(fill_dtype=jnp.dtype, init=_init_int8), bf16
+    return bf16, bf16
+
+
+def moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
+    """The real dtype a parameter's second moment is computed in.
+
+    A plain floating ``nu_dtype`` wins (it is then also the stored dtype);
+    otherwise, and for the compact storages (``jnp.bfloat16``, ``"int8"``,
+    which compute in float32 and store apart), bf16/f16 parameters keep a
+    float32 average (a bf16 EMA with decay 0.999 rounds every increment away
+    and freezes) and complex parameters keep a real one (it averages
+    ``|g|^2``).
+    """
+    if nu_dtype is not None and not needs_count(nu_dtype):
+        return jnp.dtype(nu_dtype)
+    real = jnp.finfo(param_dtype).dtype
+    return jnp.dtype(jnp.float32) if real in _LOW_PRECISION else real
+
+
+def first_moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
+    """The dtype of a running mean of gradients: complex for complex params."""
+    real = moment_dtype(param_dtype, nu_dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating):
+        return jnp.result_type(real, jnp.complex64)
+    return real
+
+
+def _same(tree: Any) -> Any:
+    return tree
+
+
+def _read_plain(updates: Any, stored: Any) -> Any:
+    del updates  # Unused: a plain stored tree is its own compute precision.
+    return stored
+
+
+def _read_capped(updates: Any, stored: Any) -> Any:
+    """An average that overflowed last step is read as the largest finite value.
+
+    (``|g| > 1.8e19`` in float32.) It is then forgotten like any other,
+    instead of freezing the parameter at a zero update forever.
+    """
+    del updates  # Unused.
+    return tm.capped(stored)
+
+
+def _write_plain(values: Any, previous: Any, count: Any) -> Any:
+    del previous, count  # Unused: the new average is stored as computed.
+    return values
+
+
+def _init_int8(filled: Any) -> Any:
+    return init_tree(filled, INT8)
+
+
+def _bf16_unless_complex(compute_dtype: Any) -> jnp.dtype:
+    """bf16 fills (one compilation per leaf shape, as optax's ``init``); complex stays."""
+    if jnp.issubdtype(compute_dtype, jnp.complexfloating):
+        return jnp.dtype(compute_dtype)
+    return jnp.dtype(jnp.bfloat16)
+
+
 def is_stored_leaf(x: Any) -> bool:
     """True for ``None`` and :class:`Int8Blocks`: leaves of a stored-average tree."""
     return x is None or isinstance(x, Int8Blocks)
@@ -68,44 +184,13 @@ def needs_count(nu_dtype: Any) -> bool:
     return nu_dtype is not None and jnp.dtype(nu_dtype) == jnp.bfloat16
 
 
-def fill_dtype(compute_dtype: Any, nu_dtype: Any, mean: bool = False) -> jnp.dtype:
-    """The dtype ``init`` fills a (mean, with ``mean``) average in.
-
-    bf16 storage (and, for compact storage, a real mean) is filled in bf16
-    directly: a fill costs one small compilation per leaf shape, as optax's
-    ``init`` does, and a float32 fill then cast would cost two.
-    """
-    compute_dtype = jnp.dtype(compute_dtype)
-    if jnp.issubdtype(compute_dtype, jnp.complexfloating) or not needs_count(nu_dtype):
-        return compute_dtype
-    if mean or nu_dtype != INT8:
-        return jnp.dtype(jnp.bfloat16)
-    return compute_dtype
-
-
 def init_tree(filled: Any, nu_dtype: Any) -> Any:
     """Stores a tree of filled averages (already shaped and sharded like params)."""
     return jax.tree.map(
         lambda x: None if x is None else init_leaf(x, nu_dtype),
         filled,
-        is_leaf=_is_none,
+        is_leaf=tm.is_none,
     )
-
-
-def init_mean_tree(filled: Any, nu_dtype: Any) -> Any:
-    """Stores running means: bf16 (stochastically rounded) for compact storage.
-
-    Complex means stay complex: there is no complex bf16.
-    """
-    if not needs_count(nu_dtype):
-        return filled
-
-    def store(x):
-        if x is None or jnp.iscomplexobj(x):
-            return x
-        return x.astype(jnp.bfloat16)
-
-    return jax.tree.map(store, filled, is_leaf=_is_none)
 
 
 def decode_tree(anchor: Any, stored: Any) -> Any:
@@ -124,7 +209,7 @@ def encode_tree(values: Any, previous: Any, count: Any) -> Any:
     value_leaves = treedef.flatten_up_to(values)
     stored = [
         None if p is None else encode(v, p, count, salt)
-        for salt, (v, p) in enumerate(zip(value_leaves, leaves))
+        for salt, (v, p) in enumerate(zip(value_leaves, leaves, strict=True))
     ]
     return jax.tree.unflatten(treedef, stored)
 
@@ -139,10 +224,6 @@ def store_like(value: jax.Array, template: Any) -> Any:
 def stored_shape(stored: Any) -> tuple:
     """The parameter shape a stored leaf stands for."""
     return jnp.shape(stored.codes if isinstance(stored, Int8Blocks) else stored)
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def init_leaf(filled: jax.Array, nu_dtype: Any) -> Any:
@@ -173,11 +254,6 @@ def encode(value: jax.Array, previous: Any, count: jax.Array, salt: int) -> Any:
     if previous.dtype == jnp.bfloat16 and value.dtype == jnp.float32:
         return stochastic_round_to_bf16(value, count, salt)
     return value.astype(previous.dtype)
-
-
-def stored_bytes(stored_tree: Any) -> int:
-    """Bytes held by a stored-average tree (codes and scales included)."""
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(stored_tree))
 
 
 def stochastic_round_to_bf16(x: jax.Array, count: jax.Array, salt: int) -> jax.Array:

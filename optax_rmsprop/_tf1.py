@@ -83,13 +83,18 @@ def tf1_rmsprop(
     decay = _checks.preset_hyperparameter("decay", decay, 0.0, 1.0)
     momentum = _checks.preset_hyperparameter("momentum", momentum, 0.0, 1.0)
     epsilon = _checks.preset_hyperparameter("epsilon", epsilon, 0.0)
-    return _alias.rmsprop(
-        learning_rate,
+    _checks.check_flag("centered", centered)
+    return _alias.rmsprop_chain(
+        learning_rate=learning_rate,
         decay=decay,
         eps=epsilon,
         initial_scale=1.0,
         eps_in_sqrt=True,
+        bias_correction=False,
         centered=centered,
         momentum=None if _checks.is_plain_zero(momentum) else momentum,
-        nu_dtype=nu_dtype,
+        nesterov=False,
+        weight_decay=None,
+        weight_decay_mask=None,
+        nu_dtype=_checks.canonical_nu_dtype("nu_dtype", nu_dtype),
     )

@@ -6,48 +6,24 @@ Every helper maps over the leaves of its first tree and leaves ``None`` leaves
 
 import numbers
 from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _storage
-
-_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
+    """``is_leaf`` for tree maps: a ``None`` leaf (left by ``optax.masked``)."""
     return x is None
 
 
 def _map(fn, tree, *rest):
     """``jax.tree.map`` that keeps ``None`` leaves of ``tree`` as ``None``."""
     return jax.tree.map(
-        lambda x, *r: None if x is None else fn(x, *r), tree, *rest, is_leaf=_is_none
+        lambda x, *r: None if x is None else fn(x, *r), tree, *rest, is_leaf=is_none
     )
-
-
-def moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
-    """The real dtype a parameter's second moment is computed in.
-
-    A floating ``nu_dtype`` wins (it is then also the stored dtype); otherwise,
-    and for the compact storages (``jnp.bfloat16``, ``"int8"``, which compute
-    in float32 and store apart), bf16/f16 parameters keep a float32 average (a
-    bf16 EMA with decay 0.999 rounds every increment away and freezes) and
-    complex parameters keep a real one (it averages ``|g|^2``).
-    """
-    if nu_dtype is not None and not _storage.needs_count(nu_dtype):
-        return jnp.dtype(nu_dtype)
-    real = jnp.finfo(param_dtype).dtype
-    return jnp.dtype(jnp.float32) if real in _LOW_PRECISION else real
-
-
-def first_moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
-    """The dtype of a running mean of gradients: complex for complex params."""
-    real = moment_dtype(param_dtype, nu_dtype)
-    if jnp.issubdtype(param_dtype, jnp.complexfloating):
-        return jnp.result_type(real, jnp.complex64)
-    return real
 
 
 def full_like(params: Any, value: Any, dtype_fn) -> Any:
@@ -170,44 +146,59 @@ def centered_variance(mu_hat: Any, nu_hat: Any) -> Any:
     return _map(variance, nu_hat, mu_hat)
 
 
+def zero_guard(*, eps_can_be_zero: bool, centered: bool) -> Callable | None:
+    """How a zero denominator is kept from making ``inf`` or ``NaN``, if it can be.
+
+    With a plain ``eps`` that stays positive in float32 the denominator is
+    never zero: no guard, so the default step is exactly optax's program.
+    Otherwise a zero gradient gives a zero update instead of ``0 * inf =
+    NaN``, and (uncentered) a zero average -- no gradient yet, or a square
+    that underflowed, ``|g| < 3e-19`` in float32 -- divides by 1, so the
+    update is ``g`` itself instead of ``g / 0 = inf``. A centered variance of
+    exactly zero with a nonzero gradient (a constant gradient, ``eps = 0``)
+    still gives ``inf``, as the maths does.
+
+    Returns:
+        None, or a ``(denominator, g) -> denominator`` function.
+    """
+    if not eps_can_be_zero:
+        return None
+    if centered:
+        return lambda denominator, g: _one_where(g == 0, denominator)
+    return lambda denominator, g: _one_where(denominator == 0, denominator)
+
+
+def _one_where(condition: jax.Array, denominator: jax.Array) -> jax.Array:
+    return jnp.where(condition, jnp.ones_like(denominator), denominator)
+
+
 def scale_by_inverse_rms(
     updates: Any,
-    nu_hat: Any,
+    variance: Any,
+    *,
     eps: Any,
     eps_in_sqrt: bool,
-    eps_is_positive: bool,
-    centered: bool,
+    guard: Callable | None,
 ) -> Any:
-    r"""``g / sqrt(nu + eps)`` or ``g / (sqrt(nu) + eps)``, in ``g``'s dtype.
+    r"""``g / sqrt(v + eps)`` or ``g / (sqrt(v) + eps)``, in ``g``'s dtype.
 
-    Where the denominator can be zero (``eps`` not a plain positive number) a
-    zero gradient gives a zero update instead of ``0 * inf = NaN``, and an
-    uncentered zero average -- no gradient yet, or a square that underflowed,
-    ``|g| < 3e-19`` in float32 -- divides by 1 (the update is ``g``, at most
-    ``3e-19``) instead of returning ``g / 0 = inf``. A centered variance of
-    exactly zero with a nonzero gradient (a constant gradient, ``eps = 0``)
-    still gives ``inf``, as the maths does. With a plain ``eps > 0`` the
-    guard cannot fire and is left out, so the default step is exactly optax's.
+    ``guard`` (from :func:`zero_guard`) rewrites the denominator where it can
+    be zero.
     """
+    guarded = (lambda d, g: d) if guard is None else guard
 
-    def scale(g, n):
+    def scale(g, v):
         if eps_in_sqrt:
-            inverse_rms = jax.lax.rsqrt(_guarded(n + eps, g))
+            inverse_rms = jax.lax.rsqrt(guarded(v + eps, g))
         else:
             # The root of a zero average has an infinite derivative: where
             # g = 0 the root is taken of 1 instead, so a gradient *through*
             # the step (meta-learning) is 0 * finite, not 0 * inf = NaN.
-            root = jnp.sqrt(jnp.where(g == 0, jnp.ones_like(n), n))
-            inverse_rms = 1 / _guarded(root + eps, g)
-        return _narrowed(inverse_rms * _promoted(g, n), g.dtype)
+            root = jnp.sqrt(_one_where(g == 0, v))
+            inverse_rms = 1 / guarded(root + eps, g)
+        return _narrowed(inverse_rms * _promoted(g, v), g.dtype)
 
-    def _guarded(denominator, g):
-        if eps_is_positive:
-            return denominator
-        is_zero = g == 0 if centered else denominator == 0
-        return jnp.where(is_zero, jnp.ones_like(denominator), denominator)
-
-    return _map(scale, updates, nu_hat)
+    return _map(scale, updates, variance)
 
 
 def accumulate(updates: Any, trace: Any, decay: Any) -> Any:
