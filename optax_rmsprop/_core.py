@@ -100,7 +100,9 @@ def rms_scaler(
         return nu_storage.fill_dtype(_storage.moment_dtype(param_dtype, nu_dtype))
 
     def mu_fill_dtype(param_dtype):
-        return mean_storage.fill_dtype(_storage.first_moment_dtype(param_dtype, nu_dtype))
+        return mean_storage.fill_dtype(
+            _storage.first_moment_dtype(param_dtype, nu_dtype)
+        )
 
     def init_fn(params):
         _checks.check_inexact_leaves("params", params)

@@ -166,7 +166,7 @@ def _init_int8(filled: Any) -> Any:
 
 
 def _bf16_unless_complex(compute_dtype: Any) -> jnp.dtype:
-    """bf16 fills (one compilation per leaf shape, as optax's ``init``); complex stays."""
+    """bf16 fills: one compilation per leaf shape, as optax's init; complex stays."""
     if jnp.issubdtype(compute_dtype, jnp.complexfloating):
         return jnp.dtype(compute_dtype)
     return jnp.dtype(jnp.bfloat16)

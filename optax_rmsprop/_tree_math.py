@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import optax
 
 
-
 def is_none(x: Any) -> bool:
     """``is_leaf`` for tree maps: a ``None`` leaf (left by ``optax.masked``)."""
     return x is None
