@@ -115,7 +115,7 @@ def rmsprop(
         <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
     _checks.check_learning_rate("learning_rate", learning_rate)
-    scaler = dict(
+    scaler: dict[str, Any] = dict(
         decay=decay,
         eps=eps,
         initial_scale=initial_scale,
@@ -172,14 +172,20 @@ def rmsprop_chain(
     )
 
 
-def _decoupled_weight_decay(weight_decay, mask) -> tuple:
+def _decoupled_weight_decay(
+    weight_decay: jax.typing.ArrayLike | None, mask: Any
+) -> tuple[optax.GradientTransformation, ...]:
     """No transform at all for None or a plain zero, so the state stays optax's."""
     if weight_decay is None or _checks.is_plain_zero(weight_decay):
         return ()
-    return (optax.add_decayed_weights(weight_decay, mask),)
+    # optax annotates a float or array; any ArrayLike works.
+    decay = optax.add_decayed_weights(weight_decay, mask)  # type: ignore[arg-type]
+    return (decay,)
 
 
-def _momentum_or_nothing(momentum, nesterov, nu_dtype) -> optax.GradientTransformation:
+def _momentum_or_nothing(
+    momentum: jax.typing.ArrayLike | None, nesterov: bool, nu_dtype: Any
+) -> optax.GradientTransformation:
     if momentum is None:
         return _momentum.no_momentum()
     return _momentum.momentum(

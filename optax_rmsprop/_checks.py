@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optax_rmsprop import _storage
 from optax_rmsprop import _tree_math as tm
@@ -63,6 +64,7 @@ def check_in_range(name: str, value: Any, low: float, high: float) -> None:
     check_real(name, value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return
+    value = float(value)
     if math.isnan(value) or not low <= value <= high:
         raise ValueError(f"`{name}` must lie in [{low}, {high}], got {value!r}.")
 
@@ -116,7 +118,7 @@ def is_plain_positive(value: Any) -> bool:
     is 0 once cast, and XLA:CPU flushes subnormals to zero.
     """
     smallest_normal = float(jnp.finfo(jnp.float32).tiny)
-    return isinstance(value, numbers.Real) and value >= smallest_normal
+    return isinstance(value, numbers.Real) and float(value) >= smallest_normal
 
 
 def canonical_float_dtype(name: str, dtype: Any) -> jnp.dtype | None:
@@ -163,17 +165,17 @@ def check_inexact_leaves(name: str, tree: Any) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         where = jax.tree_util.keystr(path) or "<root>"
         try:
-            dtype = jnp.result_type(leaf)
+            dtype: Any = jnp.result_type(leaf)
         except TypeError:
-            dtype = type(leaf).__name__
-        if isinstance(dtype, str) or not jnp.issubdtype(dtype, jnp.inexact):
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"`{name}` must hold floating or complex arrays; the leaf at "
-                f"{where} has dtype {dtype}."
+                f"{where} has dtype {type(leaf).__name__ if dtype is None else dtype}."
             )
 
 
-def check_tree_matches(updates: Any, moments: Any) -> None:
+def check_tree_matches(updates: optax.Updates, moments: Any) -> None:
     """Raises ``ValueError`` if ``updates`` and the state's moments differ in structure.
 
     Without this, ``jax.tree.map`` reports a mismatch deep inside the update
@@ -183,7 +185,8 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
     moment_leaves, moments_structure = jax.tree.flatten(
         moments, is_leaf=_storage.is_stored_leaf
     )
-    if updates_structure != moments_structure:
+    # jax's stubs give PyTreeDef no __eq__; it has one.
+    if updates_structure != moments_structure:  # type: ignore[operator]
         raise ValueError(
             "The gradient tree does not match the optimizer state: was `init` "
             "called with other parameters?\n"
@@ -201,7 +204,7 @@ def check_tree_matches(updates: Any, moments: Any) -> None:
             )
 
 
-def check_state_type(state: Any, expected: type, transform: str) -> None:
+def check_state_type(state: optax.OptState, expected: type, transform: str) -> None:
     """Raises ``TypeError`` if ``state`` is not the ``expected`` state class.
 
     A state saved with other options (centered, bias correction, storage,

@@ -7,8 +7,6 @@ of size 2 before the inner transform and is rebuilt afterwards. Real leaves
 pass through unchanged, at no cost.
 """
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,18 +14,19 @@ import optax
 from optax_rmsprop import _tree_math as tm
 
 
-def as_real_pairs(tree: Any) -> Any:
+def as_real_pairs(tree: optax.Updates) -> optax.Updates:
     """Complex leaves to ``[..., (real, imag)]`` real arrays, like ``view_as_real``."""
-
-    def to_pairs(x):
-        if x is None or not jnp.iscomplexobj(x):
-            return x
-        return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
-
-    return jax.tree.map(to_pairs, tree, is_leaf=tm.is_none)
+    return jax.tree.map(leaf_as_real_pairs, tree, is_leaf=tm.is_none)
 
 
-def _from_real_pairs(tree: Any, like: Any) -> Any:
+def leaf_as_real_pairs(x: jax.Array | None) -> jax.Array | None:
+    """One leaf of :func:`as_real_pairs` (real leaves and ``None`` unchanged)."""
+    if x is None or not jnp.iscomplexobj(x):
+        return x
+    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def _from_real_pairs(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
     def from_pairs(x, y):
         if x is None or not jnp.iscomplexobj(y):
             return x

@@ -9,6 +9,7 @@ checkpoints move between the two libraries.
 
 import functools
 from typing import Any
+from typing import Callable
 from typing import NamedTuple
 
 import jax
@@ -31,7 +32,8 @@ class CompactRmsState(NamedTuple):
             a float32 array.
     """
 
-    count: jax.Array
+    # `count` shadows tuple.count, as in optax's own WithCount states.
+    count: jax.Array  # type: ignore[assignment]
     nu: Any
 
 
@@ -45,7 +47,7 @@ class CompactRStdDevState(NamedTuple):
         nu: the average of squares, as in :class:`CompactRmsState`.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # As above.
     mu: Any
     nu: Any
 
@@ -138,7 +140,9 @@ def rms_scaler(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _state_constructor(state_cls: type, centered: bool, counts_steps: bool):
+def _state_constructor(
+    state_cls: type, centered: bool, counts_steps: bool
+) -> Callable[[Any, Any, Any], Any]:
     """``(count, mu, nu) -> state``, naming exactly the fields ``state_cls`` has.
 
     A field the class lacks is a ``TypeError`` at build time, not a value

@@ -11,6 +11,8 @@ The RMS state is found anywhere inside a chain, ``masked``,
 four RMS state classes), never by its position.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -130,7 +132,7 @@ def rms_summary(
         ValueError: as :func:`effective_learning_rate`.
         TypeError: as :func:`effective_learning_rate`.
     """
-    settings = dict(
+    settings: dict[str, Any] = dict(
         decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction
     )
     lrs = effective_learning_rate(opt_state, learning_rate, **settings)
@@ -149,14 +151,14 @@ def rms_summary(
     return summary
 
 
-RMS_STATE_CLASSES = tuple(
+RMS_STATE_CLASSES: tuple[type[Any], ...] = tuple(
     _core.state_class(centered, bias)
     for centered in (False, True)
     for bias in (False, True)
 ) + (_core.CompactRmsState, _core.CompactRStdDevState)
 
 
-def find_rms_state(opt_state: optax.OptState) -> optax.OptState:
+def find_rms_state(opt_state: optax.OptState) -> Any:
     """The first of optax's RMS / RStdDev states inside ``opt_state``."""
     classes = RMS_STATE_CLASSES
     for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, classes)):
@@ -168,13 +170,18 @@ def find_rms_state(opt_state: optax.OptState) -> optax.OptState:
     )
 
 
-def _check_settings(decay, eps, eps_in_sqrt, bias_correction) -> None:
+def _check_settings(
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+) -> None:
     _checks.check_decay_and_eps(decay, eps)
     _checks.check_flag("eps_in_sqrt", eps_in_sqrt)
     _checks.check_flag("bias_correction", bias_correction)
 
 
-def _check_bias_correction_matches(rms_state, bias_correction) -> None:
+def _check_bias_correction_matches(rms_state: Any, bias_correction: bool) -> None:
     """optax's classes tell whether the state debiases; compact ones count anyway."""
     if _is_compact(rms_state):
         return

@@ -138,7 +138,7 @@ def _weight_decay_outside_buffer(
         if params is None:
             raise ValueError("keras_rmsprop with weight_decay needs `params`.")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        updates = tm.add_scaled(updates, params, -lr * weight_decay)
+        updates = tm.add_scaled(updates, params, -1.0 * lr * weight_decay)
         return updates, optax.ScaleByScheduleState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)

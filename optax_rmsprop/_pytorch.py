@@ -146,13 +146,18 @@ def _checked(name: str, value: Any, high: float) -> Any:
     return _checks.preset_hyperparameter(name, value, 0.0, high, one_element=True)
 
 
-def _coupled_weight_decay(weight_decay) -> tuple:
+def _coupled_weight_decay(
+    weight_decay: jax.typing.ArrayLike,
+) -> tuple[optax.GradientTransformation, ...]:
     if _checks.is_plain_zero(weight_decay):
         return ()
-    return (optax.add_decayed_weights(weight_decay),)
+    # optax annotates a float or array; any ArrayLike works.
+    return (optax.add_decayed_weights(weight_decay),)  # type: ignore[arg-type]
 
 
-def _buffer_before_learning_rate(momentum) -> tuple:
+def _buffer_before_learning_rate(
+    momentum: jax.typing.ArrayLike,
+) -> tuple[optax.GradientTransformation, ...]:
     """PyTorch keeps the buffer of unscaled steps: ``p -= lr * buf``."""
     if _checks.is_plain_zero(momentum):
         return ()

@@ -88,7 +88,7 @@ def scale_by_stddev(
         lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
         2012.
     """
-    arguments = dict(
+    arguments: dict[str, Any] = dict(
         decay=decay,
         eps=eps,
         initial_scale=initial_scale,

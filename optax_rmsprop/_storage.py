@@ -206,7 +206,8 @@ def decode_tree(anchor: Any, stored: Any) -> Any:
 def encode_tree(values: Any, previous: Any, count: Any) -> Any:
     """Stores ``values`` in the formats of ``previous`` (leaf index as salt)."""
     leaves, treedef = jax.tree.flatten(previous, is_leaf=is_stored_leaf)
-    value_leaves = treedef.flatten_up_to(values)
+    # jax's stubs lack PyTreeDef.flatten_up_to (a public method).
+    value_leaves = treedef.flatten_up_to(values)  # type: ignore[attr-defined]
     stored = [
         None if p is None else encode(v, p, count, salt)
         for salt, (v, p) in enumerate(zip(value_leaves, leaves, strict=True))
@@ -279,7 +280,7 @@ def _plain_dtype(nu_dtype, default):
     return jnp.dtype(nu_dtype)
 
 
-def _random_bits(shape, count, salt) -> jax.Array:
+def _random_bits(shape: tuple[int, ...], count: jax.Array, salt: int) -> jax.Array:
     """32 hashed bits per element from (flat index, step count, leaf salt)."""
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
@@ -307,7 +308,9 @@ def _decode_int8(codes: jax.Array, scales: jax.Array) -> jax.Array:
     return jnp.where(q == 0, jnp.zeros_like(magnitude), magnitude) * scales
 
 
-def _encode_int8(value, scales, count, salt) -> Int8Blocks:
+def _encode_int8(
+    value: jax.Array, scales: jax.Array, count: jax.Array, salt: int
+) -> Int8Blocks:
     """Stochastically rounds ``value / scale`` to 3 mantissa bits and packs it."""
     # A multiply by per-block reciprocals, not a divide: XLA will not recompute
     # an "expensive" divide for its two uses below and would write it out.
@@ -353,7 +356,7 @@ def _blocks(x: jax.Array) -> jax.Array:
     return flat.reshape(-1, BLOCK_SIZE)
 
 
-def _per_element(scales: jax.Array, shape) -> jax.Array:
+def _per_element(scales: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Each element's block scale, shaped like the leaf."""
     size = math.prod(shape)
     per_block = jnp.broadcast_to(scales[:, None], (scales.shape[0], BLOCK_SIZE))

@@ -30,7 +30,9 @@ _PRESET_DEFAULTS = dict(
 )  # fmt: skip
 
 
-def from_torch_state_dict(state_dict: dict, params: Any, **preset_kwargs: Any) -> Any:
+def from_torch_state_dict(
+    state_dict: dict, params: optax.Params, **preset_kwargs: Any
+) -> optax.OptState:
     """Builds a :func:`pytorch_rmsprop` state from a PyTorch ``state_dict``.
 
     Args:
@@ -77,7 +79,9 @@ def from_torch_state_dict(state_dict: dict, params: Any, **preset_kwargs: Any) -
     return _map_state_nodes(restore, state)
 
 
-def to_torch_state_dict(opt_state: Any, params: Any, **preset_kwargs: Any) -> dict:
+def to_torch_state_dict(
+    opt_state: optax.OptState, params: optax.Params, **preset_kwargs: Any
+) -> dict:
     """Builds a dict that ``torch.optim.RMSprop.load_state_dict`` accepts.
 
     Args:
@@ -120,7 +124,7 @@ def _torch_buffers(opt_state):
         if isinstance(node, optax.TraceState):
             buffers["momentum_buffer"] = jax.tree.leaves(node.trace)
         elif isinstance(node, optax.ScaleByScheduleState):
-            counts.append(int(node.count))
+            counts.append(int(np.asarray(node.count)))
         else:
             fields = node._asdict()
             for field in ("nu", "mu"):
@@ -197,7 +201,8 @@ def _fill_leaves(template, per_param, key, paths):
                 f"The PyTorch state of the parameter at {path} has no "
                 f"'{key}': was it saved with other `momentum`/`centered`?"
             )
-        value = _complex_pairs.as_real_pairs(jnp.asarray(torch_state[key].numpy()))
+        value = _complex_pairs.leaf_as_real_pairs(jnp.asarray(torch_state[key].numpy()))
+        assert value is not None  # A tensor's array, never None.
         shape = _storage.stored_shape(leaf)
         if value.shape != shape:
             raise ValueError(

@@ -25,7 +25,9 @@ def _map(fn, tree, *rest):
     )
 
 
-def full_like(params: Any, value: Any, dtype_fn) -> Any:
+def full_like(
+    params: optax.Params, value: Any, dtype_fn: Callable[[Any], Any]
+) -> optax.Updates:
     """A tree shaped like ``params`` filled with ``value``, keeping shardings.
 
     Leaves may be arrays, Python floats (optax accepts them) or abstract
@@ -73,7 +75,7 @@ def _promoted(g: jax.Array, moment: jax.Array) -> jax.Array:
     return g.astype(jnp.promote_types(g.dtype, moment.dtype))
 
 
-def capped(tree: Any) -> Any:
+def capped(tree: optax.Updates) -> optax.Updates:
     """Every leaf with ``inf`` lowered to its dtype's largest finite value.
 
     For the average read from the state: where ``|g|^2`` overflowed (``|g| >
@@ -86,7 +88,9 @@ def capped(tree: Any) -> Any:
     return _map(lambda x: jnp.minimum(x, jnp.finfo(x.dtype).max), tree)
 
 
-def ema_of_squares(updates: Any, nu: Any, decay: Any) -> Any:
+def ema_of_squares(
+    updates: optax.Updates, nu: optax.Updates, decay: jax.typing.ArrayLike
+) -> optax.Updates:
     r"""``(1 - decay) * |g|^2 + decay * nu``, in and stored as ``nu``'s dtype."""
 
     def step(g, n):
@@ -97,7 +101,9 @@ def ema_of_squares(updates: Any, nu: Any, decay: Any) -> Any:
     return _map(step, updates, nu)
 
 
-def ema(updates: Any, mu: Any, decay: Any) -> Any:
+def ema(
+    updates: optax.Updates, mu: optax.Updates, decay: jax.typing.ArrayLike
+) -> optax.Updates:
     r"""``(1 - decay) * g + decay * mu``, in and stored as ``mu``'s dtype."""
     return _map(
         lambda g, m: ((1 - decay) * _promoted(g, m) + decay * m).astype(m.dtype),
@@ -106,7 +112,9 @@ def ema(updates: Any, mu: Any, decay: Any) -> Any:
     )
 
 
-def debias(moment: Any, decay: Any, count: jax.Array) -> Any:
+def debias(
+    moment: optax.Updates, decay: jax.typing.ArrayLike, count: jax.Array
+) -> optax.Updates:
     """Divides by ``1 - decay**count``, the weight a zero start leaves out.
 
     This is ``optax.tree.bias_correction`` itself, a small jitted function:
@@ -129,7 +137,7 @@ def _widest_real_dtype(tree: Any) -> jnp.dtype:
     return jnp.dtype(jnp.result_type(jnp.float32, *dtypes))
 
 
-def centered_variance(mu_hat: Any, nu_hat: Any) -> Any:
+def centered_variance(mu_hat: optax.Updates, nu_hat: optax.Updates) -> optax.Updates:
     """``max(nu - |mu|^2, 0)``, and ``inf`` where ``nu`` overflowed.
 
     Rounding can push a near-zero variance negative, hence the ``max``. Where
@@ -172,13 +180,13 @@ def _one_where(condition: jax.Array, denominator: jax.Array) -> jax.Array:
 
 
 def scale_by_inverse_rms(
-    updates: Any,
-    variance: Any,
+    updates: optax.Updates,
+    variance: optax.Updates,
     *,
     eps: Any,
     eps_in_sqrt: bool,
     guard: Callable | None,
-) -> Any:
+) -> optax.Updates:
     r"""``g / sqrt(v + eps)`` or ``g / (sqrt(v) + eps)``, in ``g``'s dtype.
 
     ``guard`` (from :func:`zero_guard`) rewrites the denominator where it can
@@ -200,14 +208,21 @@ def scale_by_inverse_rms(
     return _map(scale, updates, variance)
 
 
-def accumulate(updates: Any, trace: Any, decay: Any) -> Any:
+def accumulate(
+    updates: optax.Updates, trace: optax.Updates, decay: jax.typing.ArrayLike
+) -> optax.Updates:
     """``g + decay * trace``, in and stored as ``trace``'s dtype."""
     return _map(
         lambda g, t: (_promoted(g, t) + decay * t).astype(t.dtype), updates, trace
     )
 
 
-def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> Any:
+def nesterov_from_traces(
+    trace: optax.Updates,
+    previous: optax.Updates,
+    decay: jax.typing.ArrayLike,
+    like: optax.Updates,
+) -> optax.Updates:
     """Nesterov's ``g + decay * trace`` as ``(1 + decay) * trace - decay * previous``.
 
     Equal because ``g = trace - decay * previous``; the result takes ``like``'s
@@ -221,16 +236,18 @@ def nesterov_from_traces(trace: Any, previous: Any, decay: Any, like: Any) -> An
     )
 
 
-def cast_like(tree: Any, like: Any) -> Any:
+def cast_like(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
     """``tree`` with each leaf in the dtype of the matching leaf of ``like``."""
     return _map(lambda x, y: _narrowed(x, y.dtype), tree, like)
 
 
-def add_scaled(updates: Any, params: Any, scale: Any) -> Any:
+def add_scaled(
+    updates: optax.Updates, params: optax.Params, scale: jax.typing.ArrayLike
+) -> optax.Updates:
     """``u + scale * p``, in ``u``'s dtype."""
     return _map(lambda u, p: (u + scale * p).astype(u.dtype), updates, params)
 
 
-def map_leaves(fn, tree: Any) -> Any:
+def map_leaves(fn: Callable[[Any], Any], tree: Any) -> Any:
     """``fn`` on every array leaf, ``None`` leaves kept."""
     return _map(fn, tree)
