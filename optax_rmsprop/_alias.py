@@ -8,6 +8,7 @@ import optax
 from optax_rmsprop import _checks
 from optax_rmsprop import _core
 from optax_rmsprop import _momentum
+from optax_rmsprop import _options
 from optax_rmsprop import _storage
 
 
@@ -115,61 +116,46 @@ def rmsprop(
         <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
     _checks.check_learning_rate("learning_rate", learning_rate)
-    scaler: dict[str, Any] = dict(
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt,
-        bias_correction=bias_correction,
-        centered=centered,
+    options = _options.ScalerOptions(
+        decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, nu_dtype
     )
-    nu_dtype = _checks.check_scaler_arguments(**scaler, nu_dtype=nu_dtype)
+    options = _checks.check_scaler_options(options)
     if momentum is not None:
         _checks.check_in_range("momentum", momentum, 0.0, 1.0)
     _checks.check_flag("nesterov", nesterov)
     if weight_decay is not None:
         _checks.check_non_negative("weight_decay", weight_decay)
     return rmsprop_chain(
+        options,
         learning_rate=learning_rate,
-        **scaler,
         momentum=momentum,
         nesterov=nesterov,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
-        nu_dtype=nu_dtype,
     )
 
 
 def rmsprop_chain(
+    options: _options.ScalerOptions,
     *,
     learning_rate: optax.ScalarOrSchedule,
-    decay: jax.typing.ArrayLike,
-    eps: jax.typing.ArrayLike,
-    initial_scale: jax.typing.ArrayLike,
-    eps_in_sqrt: bool,
-    bias_correction: bool,
-    centered: bool,
     momentum: jax.typing.ArrayLike | None,
-    nesterov: bool,
-    weight_decay: jax.typing.ArrayLike | None,
-    weight_decay_mask: Any,
-    nu_dtype: Any,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike | None = None,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """:func:`rmsprop`'s chain from checked arguments (the Keras and TF1 presets)."""
     return optax.chain(
-        _core.rms_scaler(
-            decay=decay,
-            eps=eps,
-            initial_scale=initial_scale,
-            eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction,
-            centered=centered,
-            nu_dtype=nu_dtype,
-        ),
+        _core.rms_scaler(options),
         *_decoupled_weight_decay(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-        _momentum_or_nothing(momentum, nesterov, nu_dtype),
+        _momentum_or_nothing(momentum, nesterov, options.nu_dtype),
     )
+
+
+def none_if_zero(momentum: jax.typing.ArrayLike) -> jax.typing.ArrayLike | None:
+    """A plain zero momentum (the frameworks' default) keeps no buffer at all."""
+    return None if _checks.is_plain_zero(momentum) else momentum
 
 
 def _decoupled_weight_decay(

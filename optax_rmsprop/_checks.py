@@ -16,6 +16,7 @@ import optax
 
 from optax_rmsprop import _storage
 from optax_rmsprop import _tree_math as tm
+from optax_rmsprop._options import ScalerOptions
 
 
 def check_real(name: str, value: Any) -> None:
@@ -69,17 +70,8 @@ def check_in_range(name: str, value: Any, low: float, high: float) -> None:
         raise ValueError(f"`{name}` must lie in [{low}, {high}], got {value!r}.")
 
 
-def check_scaler_arguments(
-    *,
-    decay: Any,
-    eps: Any,
-    initial_scale: Any,
-    eps_in_sqrt: Any,
-    bias_correction: Any,
-    centered: Any,
-    nu_dtype: Any,
-) -> Any:
-    """Checks the arguments every RMS scaler takes; returns the canonical ``nu_dtype``.
+def check_scaler_options(options: ScalerOptions) -> ScalerOptions:
+    """Checks every scaler setting under its own name; ``nu_dtype`` made canonical.
 
     Raises:
         ValueError: ``decay`` outside [0, 1], a negative ``eps`` or
@@ -87,12 +79,17 @@ def check_scaler_arguments(
         TypeError: a hyperparameter that is no real number, or a flag that is
             not a bool.
     """
-    check_decay_and_eps(decay, eps)
-    check_non_negative("initial_scale", initial_scale)
-    check_flag("eps_in_sqrt", eps_in_sqrt)
-    check_flag("bias_correction", bias_correction)
-    check_flag("centered", centered)
-    return canonical_nu_dtype("nu_dtype", nu_dtype)
+    check_decay_and_eps(options.decay, options.eps)
+    check_non_negative("initial_scale", options.initial_scale)
+    return check_scaler_flags(options)
+
+
+def check_scaler_flags(options: ScalerOptions) -> ScalerOptions:
+    """Checks the flags and the storage only: presets check numbers by their names."""
+    check_flag("eps_in_sqrt", options.eps_in_sqrt)
+    check_flag("bias_correction", options.bias_correction)
+    check_flag("centered", options.centered)
+    return options._replace(nu_dtype=canonical_nu_dtype("nu_dtype", options.nu_dtype))
 
 
 def check_decay_and_eps(decay: Any, eps: Any) -> None:

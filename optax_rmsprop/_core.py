@@ -19,6 +19,7 @@ import optax
 from optax_rmsprop import _checks
 from optax_rmsprop import _storage
 from optax_rmsprop import _tree_math as tm
+from optax_rmsprop._options import ScalerOptions
 
 
 class CompactRmsState(NamedTuple):
@@ -74,22 +75,17 @@ def state_class(centered: bool, bias_correction: bool, compact: bool = False) ->
 _OPTAX_SCALERS = {False: optax.scale_by_rms, True: optax.scale_by_stddev}
 
 
-def rms_scaler(
-    *,
-    decay: jax.typing.ArrayLike,
-    eps: jax.typing.ArrayLike,
-    initial_scale: jax.typing.ArrayLike,
-    eps_in_sqrt: bool,
-    bias_correction: bool,
-    centered: bool,
-    nu_dtype: Any,
-) -> optax.GradientTransformation:
-    """The scaler from checked arguments; see ``scale_by_rms`` for the maths.
+def rms_scaler(options: ScalerOptions) -> optax.GradientTransformation:
+    """The scaler from checked options; see ``scale_by_rms`` for the maths.
 
-    The public factories check their arguments under the names the user
-    typed (``_checks.check_scaler_arguments``, a preset's own names) and pass
-    ``nu_dtype`` in canonical form; nothing is checked twice.
+    The public factories check the options under the names the user typed
+    (``_checks.check_scaler_options``, or a preset's own names with
+    ``_checks.check_scaler_flags``), with ``nu_dtype`` in canonical form;
+    nothing is checked twice.
     """
+    decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, nu_dtype = (
+        options
+    )
     nu_storage, mean_storage = _storage.storages(nu_dtype)
     counts_steps = bias_correction or nu_storage.compact
     state_cls = state_class(centered, bias_correction, nu_storage.compact)

@@ -12,6 +12,8 @@ four RMS state classes), never by its position.
 """
 
 from typing import Any
+from typing import TypedDict
+from typing import Unpack
 
 import jax
 import jax.numpy as jnp
@@ -102,14 +104,19 @@ def effective_learning_rate(
     return tm.map_leaves(lambda v: lr / (jnp.sqrt(v) + eps), variance)
 
 
+class DiagnosticSettings(TypedDict):
+    """What a diagnostic needs to know of the state, every key required."""
+
+    decay: jax.typing.ArrayLike
+    eps: jax.typing.ArrayLike
+    eps_in_sqrt: bool
+    bias_correction: bool
+
+
 def rms_summary(
     opt_state: optax.OptState,
     learning_rate: optax.ScalarOrSchedule,
-    *,
-    decay: jax.typing.ArrayLike,
-    eps: jax.typing.ArrayLike,
-    eps_in_sqrt: bool,
-    bias_correction: bool,
+    **settings: Unpack[DiagnosticSettings],
 ) -> dict[str, jax.Array]:
     """Per-leaf min / median / max of the RMS and of the effective learning rate.
 
@@ -120,10 +127,9 @@ def rms_summary(
     Args:
         opt_state: as for :func:`effective_learning_rate`.
         learning_rate: as for :func:`effective_learning_rate`.
-        decay: as for :func:`effective_learning_rate` (required).
-        eps: as for :func:`effective_learning_rate` (required).
-        eps_in_sqrt: as for :func:`effective_learning_rate` (required).
-        bias_correction: as for :func:`effective_learning_rate` (required).
+        **settings: ``decay``, ``eps``, ``eps_in_sqrt`` and
+            ``bias_correction``, each required, as for
+            :func:`effective_learning_rate`.
 
     Returns:
         A dict of float scalars, empty leaves left out.
@@ -132,13 +138,11 @@ def rms_summary(
         ValueError: as :func:`effective_learning_rate`.
         TypeError: as :func:`effective_learning_rate`.
     """
-    settings: dict[str, Any] = dict(
-        decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction
-    )
     lrs = effective_learning_rate(opt_state, learning_rate, **settings)
-    rms = tm.map_leaves(
-        jnp.sqrt, _variance(find_rms_state(opt_state), decay, bias_correction)
+    variance = _variance(
+        find_rms_state(opt_state), settings["decay"], settings["bias_correction"]
     )
+    rms = tm.map_leaves(jnp.sqrt, variance)
     summary = {}
     for name, tree in (("rms", rms), ("lr", lrs)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):

@@ -9,6 +9,7 @@ import optax
 from optax_rmsprop import _alias
 from optax_rmsprop import _checks
 from optax_rmsprop import _tree_math as tm
+from optax_rmsprop._options import ScalerOptions
 
 
 def keras_rmsprop(
@@ -86,11 +87,12 @@ def keras_rmsprop(
         First step, g = 2, rho 0.9, epsilon 0: v = 0.1 * 4 = 0.4 and the
         parameter moves by -0.001 * 2 / sqrt(0.4) = -0.003162:
 
-        >>> import jax.numpy as jnp
+        >>> import jax.numpy as jnp, optax
         >>> import optax_rmsprop
+        >>> params = jnp.zeros(1)
         >>> tx = optax_rmsprop.keras_rmsprop(epsilon=0.0)
-        >>> updates, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
-        >>> print(f"{updates[0]:.6f}")
+        >>> step, _ = tx.update(jnp.array([2.0]), tx.init(params), params)
+        >>> print(f"{optax.apply_updates(params, step)[0]:.6f}")
         -0.003162
     """
     if not callable(learning_rate):
@@ -101,20 +103,13 @@ def keras_rmsprop(
     epsilon = _checks.preset_hyperparameter("epsilon", epsilon, 0.0)
     if weight_decay is not None:
         weight_decay = _checks.preset_hyperparameter("weight_decay", weight_decay, 0.0)
-    _checks.check_flag("centered", centered)
+    options = ScalerOptions(
+        decay=rho, eps=epsilon, centered=centered, nu_dtype=nu_dtype
+    )
     step = _alias.rmsprop_chain(
+        _checks.check_scaler_flags(options),
         learning_rate=learning_rate,
-        decay=rho,
-        eps=epsilon,
-        initial_scale=0.0,
-        eps_in_sqrt=True,
-        bias_correction=False,
-        centered=centered,
-        momentum=None if _checks.is_plain_zero(momentum) else momentum,
-        nesterov=False,
-        weight_decay=None,
-        weight_decay_mask=None,
-        nu_dtype=_checks.canonical_nu_dtype("nu_dtype", nu_dtype),
+        momentum=_alias.none_if_zero(momentum),
     )
     if weight_decay is None or _checks.is_plain_zero(weight_decay):
         return step

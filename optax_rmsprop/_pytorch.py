@@ -11,6 +11,7 @@ from optax_rmsprop import _complex_pairs
 from optax_rmsprop import _core
 from optax_rmsprop import _momentum
 from optax_rmsprop import _storage
+from optax_rmsprop._options import ScalerOptions
 
 
 def pytorch_rmsprop(
@@ -109,17 +110,10 @@ def pytorch_rmsprop(
     momentum = _checked("momentum", momentum, 1.0)  # PyTorch also takes > 1.
     weight_decay = _checked("weight_decay", weight_decay, math.inf)
     alpha = _checked("alpha", alpha, 1.0)  # PyTorch also takes > 1.
-    _checks.check_flag("centered", centered)
     _checks.check_flag("maximize", maximize)
-    nu_dtype = _checks.canonical_nu_dtype("nu_dtype", nu_dtype)
+    options = ScalerOptions(alpha, eps, eps_in_sqrt=False, centered=centered)
     scaler = _core.rms_scaler(
-        decay=alpha,
-        eps=eps,
-        initial_scale=0.0,
-        eps_in_sqrt=False,
-        bias_correction=False,
-        centered=centered,
-        nu_dtype=nu_dtype,
+        _checks.check_scaler_flags(options._replace(nu_dtype=nu_dtype))
     )
     return _complex_pairs.complex_as_real_pairs(
         optax.chain(

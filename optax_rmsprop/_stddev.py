@@ -7,6 +7,7 @@ import optax
 
 from optax_rmsprop import _checks
 from optax_rmsprop import _core
+from optax_rmsprop import _options
 
 
 def scale_by_stddev(
@@ -88,13 +89,8 @@ def scale_by_stddev(
         lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
         2012.
     """
-    arguments: dict[str, Any] = dict(
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt,
-        bias_correction=bias_correction,
-        centered=True,
+    centered = True  # What makes this scaler scale_by_stddev.
+    options = _options.ScalerOptions(
+        decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, nu_dtype
     )
-    nu_dtype = _checks.check_scaler_arguments(**arguments, nu_dtype=nu_dtype)
-    return _core.rms_scaler(**arguments, nu_dtype=nu_dtype)
+    return _core.rms_scaler(_checks.check_scaler_options(options))

@@ -7,6 +7,7 @@ import optax
 
 from optax_rmsprop import _alias
 from optax_rmsprop import _checks
+from optax_rmsprop._options import ScalerOptions
 
 
 def tf1_rmsprop(
@@ -83,18 +84,10 @@ def tf1_rmsprop(
     decay = _checks.preset_hyperparameter("decay", decay, 0.0, 1.0)
     momentum = _checks.preset_hyperparameter("momentum", momentum, 0.0, 1.0)
     epsilon = _checks.preset_hyperparameter("epsilon", epsilon, 0.0)
-    _checks.check_flag("centered", centered)
+    # TF1 starts the accumulator at 1.
+    options = ScalerOptions(decay, epsilon, 1.0, centered=centered, nu_dtype=nu_dtype)
     return _alias.rmsprop_chain(
+        _checks.check_scaler_flags(options),
         learning_rate=learning_rate,
-        decay=decay,
-        eps=epsilon,
-        initial_scale=1.0,
-        eps_in_sqrt=True,
-        bias_correction=False,
-        centered=centered,
-        momentum=None if _checks.is_plain_zero(momentum) else momentum,
-        nesterov=False,
-        weight_decay=None,
-        weight_decay_mask=None,
-        nu_dtype=_checks.canonical_nu_dtype("nu_dtype", nu_dtype),
+        momentum=_alias.none_if_zero(momentum),
     )
