@@ -27,6 +27,7 @@ if str(_ROOT) not in sys.path:  # ``benchmarks`` is a folder of the repo, not in
     sys.path.insert(0, str(_ROOT))
 
 from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import _report  # noqa: E402
 
 # The one figure that may be negative: the optimizer's share of a training
 # step, 1 - forward_backward / full_step, is within noise of zero when the
@@ -106,7 +107,17 @@ def test_step_time_covers_every_shape_and_contender(smoke_run):
     if cli._torch.AVAILABLE:
         assert {"torch foreach", "torch for-loop"} <= libraries
     assert {"comparison", "floor", "bandwidth"} <= {r["kind"] for r in records}
-    assert all(r["verdict"] for r in records if r["kind"] == "comparison")
+    comparisons = [r for r in records if r["kind"] == "comparison"]
+    speedup = cli.bench_step_time.TORCH_SPEEDUP
+    for r in comparisons:  # Each verdict is the one its own figures give.
+        if r["target"].startswith(">="):
+            assert r["verdict"] == _report.verdict_of(r, speedup, "at_least")
+        elif r["target"].startswith("<="):
+            assert r["verdict"] == _report.verdict_of(r, 1.0)
+        elif r["target"].startswith("<"):
+            assert r["verdict"] == _report.verdict_of(r, 1.0, "ahead")
+        else:
+            assert r["verdict"] == "-"
 
 
 def test_header_and_every_table_are_printed(smoke_run):
@@ -133,3 +144,129 @@ def test_full_shapes_have_the_advertised_sizes():
     assert len(shapes["resnet50"]) == 161
     assert 280 <= len(shapes["transformer"]) <= 320
     assert len(shapes["small_leaves"]) >= 1000
+
+
+# --------------------------------------------------------------------------
+# Verdicts, on made-up paired-ratio records: the median alone decides.
+
+
+def _record(median, q25, q75):
+    return {"paired_ratio": median, "ratio_q25": q25, "ratio_q75": q75}
+
+
+@pytest.mark.parametrize(
+    ("record", "limit", "kind", "expected"),
+    [
+        pytest.param(_record(0.98, 0.95, 1.02), 1.0, "at_most", "met", id="at_most"),
+        pytest.param(_record(1.0, 0.9, 1.1), 1.0, "at_most", "met", id="at_most-eq"),
+        pytest.param(_record(3.2, 2.9, 3.5), 3.0, "at_least", "met", id="at_least"),
+        pytest.param(_record(3.0, 2.8, 3.1), 3.0, "at_least", "met", id="at_least-eq"),
+        pytest.param(
+            _record(0.9, 0.85, 0.95),
+            1.0,
+            "ahead",
+            "met: ahead by 10.0% (IQR 0.850-0.950)",
+            id="ahead",
+        ),
+        pytest.param(
+            _record(0.99, 0.9, 1.05),
+            1.0,
+            "ahead",
+            "met: ahead by 1.0% (IQR 0.900-1.050)",
+            id="ahead-median-only",
+        ),
+    ],
+)
+def test_verdict_is_met_when_the_median_meets_the_target(record, limit, kind, expected):
+    assert _report.verdict_of(record, limit, kind) == expected
+
+
+# The case: a median 7% over the limit whose better quartile meets it
+# was printed "within noise"; it is a miss, with the spread beside it.
+@pytest.mark.parametrize(
+    ("record", "limit", "kind", "expected"),
+    [
+        pytest.param(
+            _record(1.07, 0.97, 1.12),
+            1.0,
+            "at_most",
+            "MISSED: +7.0% over 1 (IQR 0.970-1.120, its better quartile meets "
+            "the target)",
+            id="at_most-better-quartile-meets",
+        ),
+        pytest.param(
+            _record(1.2, 1.1, 1.3),
+            1.1,
+            "at_most",
+            "MISSED: +9.1% over 1.1 (IQR 1.100-1.300, its better quartile meets "
+            "the target)",
+            id="at_most-quartile-equal-to-limit",
+        ),
+        pytest.param(
+            _record(1.25, 1.2, 1.3),
+            1.1,
+            "at_most",
+            "MISSED: +13.6% over 1.1 (IQR 1.200-1.300)",
+            id="at_most-clear",
+        ),
+        pytest.param(
+            _record(1.0 + 1e-9, 1.0, 1.0),
+            1.0,
+            "at_most",
+            "MISSED: +0.0% over 1 (IQR 1.000-1.000, its better quartile meets "
+            "the target)",
+            id="at_most-just-over",
+        ),
+        pytest.param(
+            _record(2.8, 2.6, 3.1),
+            3.0,
+            "at_least",
+            "MISSED: 2.80x, 6.7% short of 3x (IQR 2.600-3.100, its better "
+            "quartile meets the target)",
+            id="at_least-better-quartile-meets",
+        ),
+        pytest.param(
+            _record(2.5, 2.4, 2.6),
+            3.0,
+            "at_least",
+            "MISSED: 2.50x, 16.7% short of 3x (IQR 2.400-2.600)",
+            id="at_least-clear",
+        ),
+        pytest.param(
+            _record(1.0, 0.95, 1.05),
+            1.0,
+            "ahead",
+            "MISSED: not ahead, +0.0% (IQR 0.950-1.050, its better quartile "
+            "meets the target)",
+            id="ahead-equal",
+        ),
+        pytest.param(
+            _record(1.03, 1.01, 1.06),
+            1.0,
+            "ahead",
+            "MISSED: not ahead, +3.0% (IQR 1.010-1.060)",
+            id="ahead-clear",
+        ),
+    ],
+)
+def test_verdict_is_missed_when_the_median_misses_the_target(
+    record, limit, kind, expected
+):
+    assert _report.verdict_of(record, limit, kind) == expected
+
+
+def test_verdict_refuses_an_unknown_kind():
+    with pytest.raises(ValueError, match="`kind` must be at_most, at_least or ahead"):
+        _report.verdict_of(_record(1.0, 1.0, 1.0), 1.0, "below")
+
+
+def test_footer_counts_a_median_miss_as_missed():
+    miss = _report.verdict_of(_record(1.07, 0.97, 1.12), 1.0)
+    records = [
+        {"kind": "comparison", "numerator": "optax_rmsprop/a", "verdict": miss},
+        {"kind": "comparison", "numerator": "optax_rmsprop/b", "verdict": "met"},
+    ]
+    report = {"sections": {"step_time": records}, "load_average_at_end": []}
+    footer = cli._footer(report | {"runtime_s": 1.0}, "x.json")
+    assert "2 checked: 1 met, 0 within noise, 1 missed" in footer
+    assert f"large_leaf optax_rmsprop/a: {miss}" in footer
