@@ -3,7 +3,8 @@
 Sections (``--only`` picks some): ``step_time`` (``bench_step_time``),
 ``memory`` (``bench_memory``), ``compile`` (``bench_compile``), ``init``
 (``bench_init``, eager) and ``training`` (``bench_training``). ``--smoke``
-runs tiny shapes once, with XLA's fastest compilation: a check that the harness works, not a measurement.
+runs tiny shapes once, with XLA's fastest compilation: a check that the
+harness works, not a measurement.
 """
 
 import argparse
@@ -99,15 +100,13 @@ def _footer(report, path) -> str:
     ]
     counts = {
         label: [r for r in verdicts if r["verdict"].startswith(label)]
-        for label in (_report.MET, _report.NOISE, _report.MISSED)
+        for label in (_report.MET, _report.MISSED)
     }
     lines = [
         f"== Targets: {len(verdicts)} checked: {len(counts[_report.MET])} met, "
-        f"{len(counts[_report.NOISE])} within noise, "
         f"{len(counts[_report.MISSED])} missed =="
     ]
     lines += [f"  {_who(r)}: {r['verdict']}" for r in counts[_report.MISSED]]
-    lines += [f"  {_who(r)}: {r['verdict']}" for r in counts[_report.NOISE]]
     load = ", ".join(f"{x:.2f}" for x in report["load_average_at_end"]) or "n/a"
     lines.append(f"Load average at end: {load}")
     lines.append(f"Total time {report['runtime_s']:.0f} s; results in {path}")

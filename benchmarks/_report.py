@@ -29,10 +29,6 @@ def paired(record: dict) -> str:
 
 
 MET, MISSED = "met", "MISSED"
-# No verdict is "within noise" any more: a median that misses its target is a
-# miss, whatever its quartiles say (they are printed beside it). The label is
-# kept so that callers which count verdicts by label keep working.
-NOISE = "within noise"
 
 
 def verdict_of(record: dict, limit: float, kind: str = "at_most") -> str:
