@@ -4,15 +4,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench docs site clean
+.PHONY: demo test lint bench docs site clean
 
 demo: $(VENV)/.examples
 	$(BIN)/python examples/train_digits.py
 
 # --dist loadfile: a test module's cached compilations are built by one worker,
 # not by both (404 s -> 360 s here).
-test: $(VENV)/.test $(VENV)/.examples $(VENV)/.docs
+test: lint $(VENV)/.test $(VENV)/.examples $(VENV)/.docs $(VENV)/.clients
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# Style (ruff: pycodestyle, pyflakes, sorted imports, McCabe <= 10; the
+# formatter) over the whole tree, and types (mypy, see [tool.mypy]) of the
+# package.
+lint: $(VENV)/.lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks
@@ -38,4 +46,4 @@ $(VENV)/.%: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist *.egg-info
