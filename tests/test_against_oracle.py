@@ -8,7 +8,6 @@ bound on the whole leaf still catches any wrong formula (each leaf holds
 elements of very different gradient scales).
 """
 
-import itertools
 import math
 
 import jax
@@ -16,6 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import BIAS_CORRECTION
+from helpers import CENTERED
+from helpers import EPS_IN_SQRT
+from helpers import grid
+from helpers import mixed_problem
 from oracle import NumpyRmsprop
 
 import optax_rmsprop
@@ -47,17 +51,9 @@ def _leaves(tree):
 
 def _problem(dtype, zero_first_gradient):
     """Initial params and _STEPS gradient trees (gradient = scale * (0.5 + N(0, 1)))."""
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: rng.normal(size=np.shape(s)).astype(dtype), _SCALES)
-    grads = []
-    for step in range(_STEPS):
-        noise = jax.tree.map(
-            lambda s: s * (0.5 + rng.normal(size=np.shape(s))), _SCALES
-        )
-        if step == 0 and zero_first_gradient:
-            noise = jax.tree.map(np.zeros_like, noise)
-        grads.append(jax.tree.map(lambda g: np.asarray(g, dtype), noise))
-    return params, grads
+    return mixed_problem(
+        _STEPS, scales=_SCALES, dtype=dtype, zero_first_gradient=zero_first_gradient
+    )
 
 
 def _run_ours(tx, params, grads):
@@ -140,9 +136,7 @@ _WEIGHT_DECAYS = [(0.0, None), (_WEIGHT_DECAY, None), (_WEIGHT_DECAY, _MASK)]
 # runs optax's full grid).
 _ALL_CONFIGS = [
     (*flags, [0.0, 0.1][i % 2], _WEIGHT_DECAYS[i % 3], [False, True][(i // 2) % 2])
-    for i, flags in enumerate(
-        itertools.product([True, False], [False, True], [False, True], _MOMENTA)
-    )
+    for i, flags in enumerate(grid(EPS_IN_SQRT, CENTERED, BIAS_CORRECTION, _MOMENTA))
 ]
 
 
@@ -214,9 +208,7 @@ def _x64_param(eps_in_sqrt, centered, bias_correction, momenta):
 
 _X64_CONFIGS = [
     _x64_param(*flags)
-    for flags in itertools.product(
-        [True, False], [False, True], [False, True], _MOMENTA
-    )
+    for flags in grid(EPS_IN_SQRT, CENTERED, BIAS_CORRECTION, _MOMENTA)
 ]
 
 

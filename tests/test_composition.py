@@ -14,6 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_close
+from helpers import mixed_problem
+from helpers import run_jitted
 
 import optax_rmsprop
 
@@ -32,63 +35,17 @@ _CONFIG_IDS = ["default", "centered_heavy_ball", "debiased_nesterov_eps_outside"
 
 
 def _problem(steps=_STEPS, seed=0, gradient_scale=1.0):
-    """A mixed float32 tree (matrix, vector, scalar) and gradients for it.
-
-    Gradient scales span 1e-4 to 1e2 across the matrix, with a non-zero mean.
-    """
-    rng = np.random.default_rng(seed)
-    scales = {
-        "w": 10.0 ** np.linspace(-4, 2, 12).reshape(4, 3),
-        "b": np.full(3, 1e-2),
-        "s": np.array(30.0),
-    }
-    params = jax.tree.map(
-        lambda s: jnp.asarray(rng.normal(size=np.shape(s)), jnp.float32), scales
-    )
-    grads = [
-        jax.tree.map(
-            lambda s: jnp.asarray(
-                gradient_scale * s * (0.5 + rng.normal(size=np.shape(s))),
-                jnp.float32,
-            ),
-            scales,
-        )
-        for _ in range(steps)
-    ]
-    return params, grads
+    """The mixed float32 tree of ``helpers`` and ``steps`` gradients, as JAX arrays."""
+    return jax.tree.map(jnp.asarray, mixed_problem(steps, seed, gradient_scale))
 
 
 def _run(tx, params, grads):
     """Final params, final state and the updates of every step (jitted)."""
-    update = jax.jit(tx.update)
-    state = tx.init(params)
-    history = []
-    for g in grads:
-        updates, state = update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        history.append(updates)
-    return params, state, history
+    return run_jitted(tx, params, grads)
 
 
 def _assert_close(actual, desired, rtol=_RTOL, atol=_ATOL):
-    """Same structure and dtypes, each leaf close norm-wise.
-
-    ``max|actual - desired| <= rtol * max|desired| + atol`` per leaf: a
-    momentum trace that cancels in one element has a large relative error
-    there from one ulp elsewhere; a wrong formula is off by O(1) of the leaf.
-    """
-    chex.assert_trees_all_equal_structs(actual, desired)
-    chex.assert_trees_all_equal_dtypes(actual, desired)
-    leaves = jax.tree_util.tree_leaves_with_path(actual)
-    for (path, a), b in zip(leaves, jax.tree.leaves(desired)):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        assert a.shape == b.shape, jax.tree_util.keystr(path)
-        error = np.max(np.abs(a - b), initial=0.0)
-        bound = rtol * np.max(np.abs(b), initial=0.0) + atol
-        assert error <= bound, (
-            f"{jax.tree_util.keystr(path)}: max|actual - desired| = {error:.3g} "
-            f"> {bound:.3g}"
-        )
+    assert_trees_close(actual, desired, rtol, atol)
 
 
 def _global_norm(tree):

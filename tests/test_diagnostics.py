@@ -98,7 +98,9 @@ def test_effective_learning_rate_without_rms_state_raises():
 def test_rms_summary_reports_per_leaf_statistics_under_jit():
     lr = 0.01
     state = _run(optax_rmsprop.rmsprop(lr, eps=0.0))
-    summary = jax.jit(lambda s: optax_rmsprop.rms_summary(s, lr, **{**_DEFAULTS, "eps": 0.0}))(state)
+    summary = jax.jit(
+        lambda s: optax_rmsprop.rms_summary(s, lr, **{**_DEFAULTS, "eps": 0.0})
+    )(state)
     assert len(summary) == 2 * 6
     for key, nu in _oracle_nu(eps=0.0).items():
         rms = np.sqrt(nu)
@@ -128,9 +130,7 @@ def test_effective_learning_rate_of_a_pytorch_state_uses_the_stated_settings():
     np.testing.assert_allclose(got, [0.1 / (1e-4 + 0.01), 0.1 / 0.21], rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "missing", ["decay", "eps", "eps_in_sqrt", "bias_correction"]
-)
+@pytest.mark.parametrize("missing", ["decay", "eps", "eps_in_sqrt", "bias_correction"])
 @pytest.mark.parametrize(
     "diagnostic",
     [optax_rmsprop.effective_learning_rate, optax_rmsprop.rms_summary],

@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from helpers import STORAGE_OPTIONS
+from helpers import updates_with_fixed_params
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
-from test_reliability import STORAGE_OPTIONS
 
 import optax_rmsprop
 
@@ -147,12 +148,7 @@ def _problems(draw, max_steps=3, anchors=tuple(_ANCHOR_KINDS)):
 
 def _run(tx, params, grads_per_step):
     """Each step's updates (params held fixed) and the final state."""
-    state = tx.init(params)
-    history = []
-    for grads in grads_per_step:
-        updates, state = tx.update(grads, state, params)
-        history.append(updates)
-    return history, state
+    return updates_with_fixed_params(tx, params, grads_per_step)
 
 
 # --------------------------------------------------------------------------

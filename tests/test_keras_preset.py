@@ -14,14 +14,16 @@ The one intended difference: ours clamps the centered variance at zero where
 Keras takes the root of a negative number and returns NaN.
 """
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
 import optax
 import pytest
+from helpers import grid
+from helpers import options_grid
+from helpers import options_id
+from helpers import value_id
 
 import optax_rmsprop
 
@@ -99,41 +101,20 @@ _TOLERANCE_WEIGHT_DECAY = 1e-5
 # Every option at each of its values, all crossed: (learning_rate, rho) go in
 # pairs to keep the file under a minute (Keras steps eagerly).
 _GRID = [
-    dict(
-        learning_rate=learning_rate,
-        rho=rho,
-        momentum=momentum,
-        epsilon=epsilon,
-        centered=centered,
-        weight_decay=weight_decay,
-    )
-    for (learning_rate, rho), momentum, epsilon, centered, weight_decay in (
-        itertools.product(
-            [(1e-3, 0.9), (3e-2, 0.99)],
-            [0.0, 0.9],
-            [1e-7, 1e-3],
-            [False, True],
-            [None, 1e-2],
-        )
+    {"learning_rate": learning_rate, "rho": rho, **options}
+    for (learning_rate, rho), options in grid(
+        [(1e-3, 0.9), (3e-2, 0.99)],
+        options_grid(
+            momentum=[0.0, 0.9],
+            epsilon=[1e-7, 1e-3],
+            centered=[False, True],
+            weight_decay=[None, 1e-2],
+        ),
     )
 ]
 
 
-def _value_id(value):
-    """A short test id: arrays by kind and shape, exceptions by name."""
-    if isinstance(value, type):
-        return value.__name__
-    if isinstance(value, (np.ndarray, jax.Array)):
-        kind = "jax" if isinstance(value, jax.Array) else "numpy"
-        return f"{kind}{np.shape(value)}"
-    return repr(value)
-
-
-def _id(options):
-    return "-".join(f"{key}={value}" for key, value in options.items())
-
-
-@pytest.mark.parametrize("options", _GRID, ids=_id)
+@pytest.mark.parametrize("options", _GRID, ids=options_id)
 def test_trajectory_matches_keras(options):
     params, grads = _mixed_problem(_STEPS)
     theirs = _keras_trajectory(params, grads, **options)
@@ -232,13 +213,13 @@ _LEARNING_RATES_KERAS_REFUSES = [
 ]
 
 
-@pytest.mark.parametrize("value, ours", _LEARNING_RATES_KERAS_REFUSES, ids=_value_id)
+@pytest.mark.parametrize("value, ours", _LEARNING_RATES_KERAS_REFUSES, ids=value_id)
 def test_learning_rate_keras_refuses_is_refused_naming_it(value, ours):
     with pytest.raises(ours, match="`learning_rate`"):
         optax_rmsprop.keras_rmsprop(learning_rate=value)
 
 
-@pytest.mark.parametrize("value, ours", _LEARNING_RATES_KERAS_REFUSES, ids=_value_id)
+@pytest.mark.parametrize("value, ours", _LEARNING_RATES_KERAS_REFUSES, ids=value_id)
 def test_keras_refuses_the_same_learning_rate(value, ours):
     del ours  # Checked against ours above.
     with pytest.raises(ValueError, match="`learning_rate` should be float"):
@@ -268,13 +249,13 @@ _OTHERS_KERAS_FAILS_ON = [
 ]
 
 
-@pytest.mark.parametrize("name, value, ours", _OTHERS_KERAS_FAILS_ON, ids=_value_id)
+@pytest.mark.parametrize("name, value, ours", _OTHERS_KERAS_FAILS_ON, ids=value_id)
 def test_setting_keras_fails_on_is_refused_when_built(name, value, ours):
     with pytest.raises(ours, match=f"`{name}`"):
         optax_rmsprop.keras_rmsprop(**{name: value})
 
 
-@pytest.mark.parametrize("name, value, ours", _OTHERS_KERAS_FAILS_ON, ids=_value_id)
+@pytest.mark.parametrize("name, value, ours", _OTHERS_KERAS_FAILS_ON, ids=value_id)
 def test_keras_fails_on_the_same_setting_by_its_first_step(name, value, ours):
     del ours  # Checked against ours above.
     with pytest.raises((TypeError, ValueError)):
@@ -300,13 +281,13 @@ _ACCEPTED_BY_KERAS_ONLY = [
 ]
 
 
-@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_KERAS_ONLY, ids=_value_id)
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_KERAS_ONLY, ids=value_id)
 def test_setting_keras_accepts_is_refused_naming_it(name, value, ours):
     with pytest.raises(ours, match=f"`{name}`"):
         optax_rmsprop.keras_rmsprop(**{name: value})
 
 
-@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_KERAS_ONLY, ids=_value_id)
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_KERAS_ONLY, ids=value_id)
 def test_keras_accepts_the_setting_we_refuse(name, value, ours):
     del ours  # Checked against ours above.
     assert _keras_first_step(**{name: value}).shape == (2,)
@@ -322,7 +303,7 @@ def test_known_array_values_are_checked():
 _LEARNING_RATES_ONLY_WE_ACCEPT = [1, np.float32(0.1), np.array(0.1), jnp.array(0.1)]
 
 
-@pytest.mark.parametrize("value", _LEARNING_RATES_ONLY_WE_ACCEPT, ids=_value_id)
+@pytest.mark.parametrize("value", _LEARNING_RATES_ONLY_WE_ACCEPT, ids=value_id)
 def test_number_learning_rate_keras_refuses_gives_keras_float_step(value):
     with pytest.raises(ValueError, match="`learning_rate` should be float"):
         keras.optimizers.RMSprop(learning_rate=value)

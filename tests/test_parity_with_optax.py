@@ -66,13 +66,20 @@ so that its two values share one compilation; see ``_side_by_side``.
 """
 
 import functools
-import itertools
 from typing import NamedTuple
 
 import jax
 import numpy as np
 import optax
 import pytest
+from helpers import BIAS_CORRECTION
+from helpers import CENTERED
+from helpers import EPS_IN_SQRT
+from helpers import NESTEROV
+from helpers import SCHEDULED
+from helpers import flags_id
+from helpers import grid
+from helpers import parameter_bounds
 
 import optax_rmsprop
 
@@ -88,7 +95,6 @@ _MOMENTUM = 0.9
 _DECAY, _EPS = 0.9, 1e-8  # optax.rmsprop's defaults, left unset below
 # ~8.4 float32 ulps at 1: a few roundings, with margin.
 _RTOL = 1e-6
-_ULP = float(np.finfo(np.float32).eps)
 # Beyond this, rounding differences are no longer "a few ulps" of anything.
 _MAX_CONDITIONING = 1e3
 
@@ -277,12 +283,7 @@ def _step_terms(reference, momentum):
 # --------------------------------------------------------------------------
 # rmsprop: the whole grid of optax's arguments.
 
-_EPS_IN_SQRT = [True, False]
-_CENTERED = [False, True]
-_BIAS_CORRECTION = [False, True]
 _MOMENTA = [None, _MOMENTUM]
-_NESTEROV = [False, True]
-_SCHEDULED = [False, True]
 
 
 class Setting(NamedTuple):
@@ -309,15 +310,13 @@ class Setting(NamedTuple):
 
     def key(self) -> str:
         """The id without ``initial_scale``, a runtime argument of the group."""
-        return "-".join(
-            [
-                "eps_in_sqrt" if self.eps_in_sqrt else "eps_outside",
-                "centered" if self.centered else "uncentered",
-                "debiased" if self.bias_correction else "biased",
-                "no_momentum" if self.momentum is None else f"momentum{self.momentum}",
-                "nesterov" if self.nesterov else "no_nesterov",
-                "schedule" if self.scheduled else "constant_lr",
-            ]
+        return flags_id(
+            self.eps_in_sqrt,
+            self.centered,
+            self.bias_correction,
+            self.momentum,
+            self.nesterov,
+            self.scheduled,
         )
 
     def id(self) -> str:
@@ -334,8 +333,8 @@ def _rmsprop_group(centered, bias_correction, mode) -> dict:
 
     def make_pairs(initial_scale):
         pairs = {}
-        for momentum, nesterov, eps_in_sqrt, scheduled in itertools.product(
-            _MOMENTA, _NESTEROV, _EPS_IN_SQRT, _SCHEDULED
+        for momentum, nesterov, eps_in_sqrt, scheduled in grid(
+            _MOMENTA, NESTEROV, EPS_IN_SQRT, SCHEDULED
         ):
             setting = Setting(
                 eps_in_sqrt,
@@ -384,28 +383,23 @@ def _rmsprop_bounds(reference, setting: Setting):
         update_bound = jax.tree.map(lambda a: _RTOL * (2 * a + _shifted(a)), absolute)
     else:
         update_bound = trace_bound
-    param_bound = jax.tree.map(
-        lambda b, u, p: np.cumsum(b + _ULP * (np.abs(u) + np.abs(p)), axis=0),
-        update_bound,
-        updates,
-        params,
-    )
+    param_bound = parameter_bounds(update_bound, updates, params)
     return update_bound, trace_bound, param_bound
 
 
-def _grid(momenta=_MOMENTA, bias_corrections=_BIAS_CORRECTION) -> list:
-    settings = itertools.starmap(
-        Setting,
-        itertools.product(
-            _EPS_IN_SQRT,
-            _CENTERED,
+def _grid(momenta=_MOMENTA, bias_corrections=BIAS_CORRECTION) -> list:
+    settings = [
+        Setting(*values)
+        for values in grid(
+            EPS_IN_SQRT,
+            CENTERED,
             bias_corrections,
             momenta,
-            _NESTEROV,
+            NESTEROV,
             _INITIAL_SCALES,
-            _SCHEDULED,
-        ),
-    )
+            SCHEDULED,
+        )
+    ]
     return [pytest.param(setting, id=setting.id()) for setting in settings]
 
 
@@ -479,8 +473,8 @@ class ScalerSetting(NamedTuple):
 def _scaler_histories(optax_factory, our_factory, centered, mode) -> dict:
     def make_pairs(initial_scale):
         pairs = {}
-        for eps_in_sqrt, bias_correction, (decay, eps) in itertools.product(
-            _EPS_IN_SQRT, _BIAS_CORRECTION, _DECAY_AND_EPS
+        for eps_in_sqrt, bias_correction, (decay, eps) in grid(
+            EPS_IN_SQRT, BIAS_CORRECTION, _DECAY_AND_EPS
         ):
             setting = ScalerSetting(
                 eps_in_sqrt, bias_correction, initial_scale, decay, eps
@@ -515,22 +509,17 @@ _SCALERS = {
 }
 
 
-def _scaler_grid(bias_corrections=_BIAS_CORRECTION) -> list:
+def _scaler_grid(bias_corrections=BIAS_CORRECTION) -> list:
+    settings = [
+        ScalerSetting(eps_in_sqrt, bias_correction, initial_scale, decay, eps)
+        for eps_in_sqrt, bias_correction, initial_scale, (decay, eps) in grid(
+            EPS_IN_SQRT, bias_corrections, _INITIAL_SCALES, _DECAY_AND_EPS
+        )
+    ]
     return [
         pytest.param(name, setting, id=f"{name}-{setting.id()}")
         for name in _SCALERS
-        for setting in itertools.starmap(
-            ScalerSetting,
-            (
-                (eps_in_sqrt, bias_correction, initial_scale, decay, eps)
-                for eps_in_sqrt, bias_correction, initial_scale, (
-                    decay,
-                    eps,
-                ) in itertools.product(
-                    _EPS_IN_SQRT, bias_corrections, _INITIAL_SCALES, _DECAY_AND_EPS
-                )
-            ),
-        )
+        for setting in settings
     ]
 
 

@@ -10,6 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import updates_with_fixed_params
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -83,12 +84,7 @@ def _problems(draw, dtypes, max_steps=4):
 
 def _updates_of_every_step(tx, params, grads):
     """Each step's update tree (the params stay fixed)."""
-    state = tx.init(params)
-    history = []
-    for g in grads:
-        updates, state = tx.update(g, state, params)
-        history.append(updates)
-    return history
+    return updates_with_fixed_params(tx, params, grads)[0]
 
 
 def _as_float64(tree):

@@ -7,7 +7,6 @@ updates, and both add the same parameters when weight decay is on.
 """
 
 import functools
-import itertools
 import math
 
 import jax
@@ -16,6 +15,10 @@ import numpy as np
 import optax
 import pytest
 import torch
+from helpers import biased_gradients
+from helpers import options_grid
+from helpers import standard_normal
+from helpers import torch_steps
 
 import optax_rmsprop
 
@@ -34,35 +37,15 @@ _RTOL = 1e-5
 _ATOL = 1e-5
 
 
-def _draw(rng, shape, dtype):
-    """``shape[0]`` steps of gradients, each element with its own magnitude.
-
-    Magnitudes run from 1e-3 to 1e2; the mean is 0.3 times the magnitude, so
-    centring matters. Complex leaves get independent real and imaginary parts.
-    """
-    scale = 10.0 ** rng.uniform(-3, 2, size=shape[1:])
-    values = scale * (rng.normal(size=shape) + 0.3)
-    if np.issubdtype(dtype, np.complexfloating):
-        imag_scale = 10.0 ** rng.uniform(-3, 2, size=shape[1:])
-        values = values + 1j * imag_scale * (rng.normal(size=shape) - 0.3)
-    return values.astype(dtype)
-
-
-def _initial(rng, shape, dtype):
-    values = rng.normal(size=shape)
-    if np.issubdtype(dtype, np.complexfloating):
-        values = values + 1j * rng.normal(size=shape)
-    return np.asarray(values, dtype)
-
-
 def _problem(shapes, dtypes, steps=_STEPS, seed=0):
     """Initial parameters (about 1 in size) and a ``[steps, ...]`` gradient tree."""
     rng = np.random.default_rng(seed)
     params = {
-        name: _initial(rng, shape, dtypes[name]) for name, shape in shapes.items()
+        name: standard_normal(rng, shape, dtypes[name])
+        for name, shape in shapes.items()
     }
     grads = {
-        name: _draw(rng, (steps,) + shape, dtypes[name])
+        name: biased_gradients(rng, (steps,) + shape, dtypes[name])
         for name, shape in shapes.items()
     }
     return params, grads
@@ -83,14 +66,8 @@ def _torch_trajectory(params, grads, lr_lambda=None, **torch_kwargs):
     scheduler = None
     if lr_lambda is not None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    grad_leaves = jax.tree.leaves(grads)
     history = [[] for _ in tensors]
-    for t in range(len(grad_leaves[0])):
-        for tensor, grad in zip(tensors, grad_leaves):
-            tensor.grad = torch.from_numpy(np.array(grad[t]))
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+    for _ in torch_steps(tensors, optimizer, grads, scheduler):
         for record, tensor in zip(history, tensors):
             record.append(tensor.detach().numpy().copy())
     return jax.tree.unflatten(treedef, [np.stack(record) for record in history])
@@ -138,12 +115,13 @@ def _assert_trajectories_close(ours, theirs):
 # PyTorch where momentum 0 keeps no buffer.
 # ---------------------------------------------------------------------------
 
-_GRID = [
-    dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
-    for lr, alpha, eps, weight_decay, momentum in itertools.product(
-        [1e-3, 3e-2], [0.99, 0.9], [1e-8, 1e-3], [0.0, 1e-2], [0.0, 0.9]
-    )
-]
+_GRID = options_grid(
+    lr=[1e-3, 3e-2],
+    alpha=[0.99, 0.9],
+    eps=[1e-8, 1e-3],
+    weight_decay=[0.0, 1e-2],
+    momentum=[0.0, 0.9],
+)
 
 
 def _grid_id(hyperparameters):

@@ -45,7 +45,6 @@ outside the root and a schedule), and Nesterov is computed as
 """
 
 import functools
-import itertools
 import pickle
 from typing import NamedTuple
 
@@ -54,6 +53,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import BIAS_CORRECTION
+from helpers import CENTERED
+from helpers import EPS_IN_SQRT
+from helpers import NESTEROV
+from helpers import SCHEDULED
+from helpers import flags_id
+from helpers import grid
+from helpers import parameter_bounds
 
 import optax_rmsprop
 
@@ -66,7 +73,6 @@ _INITIAL_SCALE = 0.1
 _WEIGHT_DECAY = 1e-3
 _RTOL = 1e-6  # ~8.4 float32 ulps at 1
 _DECAY, _EPS = 0.9, 1e-8  # optax.rmsprop's defaults, left unset below
-_ULP = float(np.finfo(np.float32).eps)
 
 
 def _params() -> dict:
@@ -119,27 +125,13 @@ class Setting(NamedTuple):
         )
 
     def id(self) -> str:
-        return "-".join(
-            [
-                "eps_in_sqrt" if self.eps_in_sqrt else "eps_outside",
-                "centered" if self.centered else "uncentered",
-                "debiased" if self.bias_correction else "biased",
-                "no_momentum" if self.momentum is None else f"momentum{self.momentum}",
-                "nesterov" if self.nesterov else "no_nesterov",
-                "schedule" if self.scheduled else "constant_lr",
-            ]
-        )
+        return flags_id(*self)
 
 
 _SETTINGS = [
     Setting(*values)
-    for values in itertools.product(
-        [True, False],  # eps_in_sqrt
-        [False, True],  # centered
-        [False, True],  # bias_correction
-        [None, _MOMENTUM],  # momentum
-        [False, True],  # nesterov
-        [False, True],  # scheduled
+    for values in grid(
+        EPS_IN_SQRT, CENTERED, BIAS_CORRECTION, [None, _MOMENTUM], NESTEROV, SCHEDULED
     )
 ]
 _GRID = [pytest.param(setting, id=setting.id()) for setting in _SETTINGS]
@@ -478,12 +470,7 @@ def _bounds(setting: Setting, want: dict, start_trace) -> tuple:
         update_bound = jax.tree.map(lambda a: _RTOL * (2 * a[1:] + a[:-1]), absolute)
     else:
         update_bound = trace_bound
-    param_bound = jax.tree.map(
-        lambda b, u, p: np.cumsum(b + _ULP * (np.abs(u) + np.abs(p)), axis=0),
-        update_bound,
-        updates,
-        params,
-    )
+    param_bound = parameter_bounds(update_bound, updates, params)
     return update_bound, trace_bound, param_bound
 
 

@@ -5,13 +5,14 @@ below, written from TF1's documentation and sharing no code with
 ``optax_rmsprop``. Ours runs in float32, jitted, on the same gradients.
 """
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import options_grid
+from helpers import options_id
+from helpers import value_id
 
 import optax_rmsprop
 
@@ -134,29 +135,15 @@ def _worst_relative_error(ours, oracle):
 # below; the tolerance is ~5x that.
 _TOLERANCE = 3e-6
 
-_GRID = [
-    dict(momentum=momentum, centered=centered, epsilon=epsilon, decay=decay)
-    for momentum, centered, epsilon, decay in itertools.product(
-        [0.0, 0.9], [False, True], [1e-10, 1e-3], [0.9, 0.99]
-    )
-]
+_GRID = options_grid(
+    momentum=[0.0, 0.9],
+    centered=[False, True],
+    epsilon=[1e-10, 1e-3],
+    decay=[0.9, 0.99],
+)
 
 
-def _value_id(value):
-    """A short test id: arrays by kind and shape, exceptions by name."""
-    if isinstance(value, type):
-        return value.__name__
-    if isinstance(value, (np.ndarray, jax.Array)):
-        kind = "jax" if isinstance(value, jax.Array) else "numpy"
-        return f"{kind}{np.shape(value)}"
-    return repr(value)
-
-
-def _id(options):
-    return "-".join(f"{key}={value}" for key, value in options.items())
-
-
-@pytest.mark.parametrize("options", _GRID, ids=_id)
+@pytest.mark.parametrize("options", _GRID, ids=options_id)
 def test_updates_match_the_tf1_kernel(options):
     grads = _mixed_gradients(_STEPS)
     oracle = _oracle_updates(grads, lambda t: 0.01, **options)
@@ -241,7 +228,7 @@ def _kwargs(name, value):
     return {"learning_rate": 0.1, name: value}
 
 
-@pytest.mark.parametrize("name, value, ours", _REFUSED_LIKE_TF1, ids=_value_id)
+@pytest.mark.parametrize("name, value, ours", _REFUSED_LIKE_TF1, ids=value_id)
 def test_argument_tf1_refuses_is_refused_naming_it(name, value, ours):
     with pytest.raises(ours, match=f"`{name}`"):
         optax_rmsprop.tf1_rmsprop(**_kwargs(name, value))
@@ -268,7 +255,7 @@ _ACCEPTED_BY_TF1_ONLY = [
 ]
 
 
-@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_TF1_ONLY, ids=_value_id)
+@pytest.mark.parametrize("name, value, ours", _ACCEPTED_BY_TF1_ONLY, ids=value_id)
 def test_setting_tf1_accepts_is_refused_naming_it(name, value, ours):
     with pytest.raises(ours, match=f"`{name}`"):
         optax_rmsprop.tf1_rmsprop(**_kwargs(name, value))

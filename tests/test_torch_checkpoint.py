@@ -14,6 +14,9 @@ import numpy as np
 import optax
 import pytest
 import torch
+from helpers import biased_gradients
+from helpers import standard_normal
+from helpers import torch_steps
 
 import optax_rmsprop
 
@@ -27,30 +30,17 @@ _RTOL = 5e-7
 _ATOL = 5e-7
 
 
-def _draw(rng, shape, dtype):
-    """Values whose elements have magnitudes from 1e-3 to 1e2 and a bias."""
-    scale = 10.0 ** rng.uniform(-3, 2, size=shape[1:])
-    values = scale * (rng.normal(size=shape) + 0.3)
-    if np.issubdtype(dtype, np.complexfloating):
-        values = values + 1j * scale[::-1] * (rng.normal(size=shape) - 0.3)
-    return values.astype(dtype)
-
-
-def _initial(rng, shape, dtype):
-    values = rng.normal(size=shape)
-    if np.issubdtype(dtype, np.complexfloating):
-        values = values + 1j * rng.normal(size=shape)
-    return np.asarray(values, dtype)
-
-
 def _problem(dtypes, shapes, seed=0):
     """Parameters of size ~1 and ``2 * _HALF`` steps of gradients."""
     rng = np.random.default_rng(seed)
     params = {
-        name: _initial(rng, shapes[name], dtype) for name, dtype in dtypes.items()
+        name: standard_normal(rng, shapes[name], dtype)
+        for name, dtype in dtypes.items()
     }
     grads = {
-        name: _draw(rng, (2 * _HALF,) + shapes[name], dtype)
+        name: biased_gradients(
+            rng, (2 * _HALF,) + shapes[name], dtype, independent_imaginary_scale=False
+        )
         for name, dtype in dtypes.items()
     }
     return params, grads
@@ -67,23 +57,21 @@ _COMPLEX = _problem(
     {"filter": (3, 2), "gain": (2,)},
 )
 
+# Every option of the preset at a value other than its default.
+_EVERYTHING = dict(
+    lr=3e-2,
+    alpha=0.9,
+    eps=1e-3,
+    weight_decay=1e-2,
+    momentum=0.9,
+    centered=True,
+    maximize=True,
+)
 _CASES = [
     pytest.param(dict(lr=1e-2), _REAL, id="plain"),
     pytest.param(dict(lr=1e-2, momentum=0.9), _REAL, id="momentum"),
     pytest.param(dict(lr=1e-2, centered=True), _REAL, id="centered"),
-    pytest.param(
-        dict(
-            lr=3e-2,
-            alpha=0.9,
-            eps=1e-3,
-            weight_decay=1e-2,
-            momentum=0.9,
-            centered=True,
-            maximize=True,
-        ),
-        _REAL,
-        id="everything",
-    ),
+    pytest.param(_EVERYTHING, _REAL, id="everything"),
     pytest.param(dict(lr=1e-2), _COMPLEX, id="complex"),
     pytest.param(
         dict(lr=1e-2, momentum=0.9, centered=True),
@@ -120,13 +108,8 @@ def _torch_optimizer(params, **torch_kwargs):
 
 
 def _torch_steps(tensors, optimizer, grads, scheduler=None):
-    grad_leaves = jax.tree.leaves(grads)
-    for t in range(len(grad_leaves[0])):
-        for tensor, grad in zip(tensors, grad_leaves):
-            tensor.grad = torch.from_numpy(np.array(grad[t]))
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+    for _ in torch_steps(tensors, optimizer, grads, scheduler):
+        pass
 
 
 def _torch_params(tensors, like):
@@ -264,40 +247,31 @@ def _ours_then_exported(kwargs, params, first):
     return middle, state, optax_rmsprop.to_torch_state_dict(state, middle, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, problem", _cases_with_scalar())
-def test_our_state_continues_in_torch(kwargs, problem):
+def _assert_continues_in_torch(kwargs, problem, torch_kwargs):
+    """Half the steps in ours, exported, the rest in PyTorch and in ours: equal.
+
+    PyTorch's optimizer is built with ``torch_kwargs``, then loads the export.
+    """
     params, grads = problem
     first, second = _halves(grads)
     middle, state, state_dict = _ours_then_exported(kwargs, params, first)
-    tensors, optimizer = _torch_optimizer(middle, **kwargs)
+    tensors, optimizer = _torch_optimizer(middle, **torch_kwargs)
     optimizer.load_state_dict(state_dict)
     _torch_steps(tensors, optimizer, second)
     tx = optax_rmsprop.pytorch_rmsprop(**kwargs)
     ours, _ = _our_steps(tx, middle, state, second)
     _assert_trees_close(ours, _torch_params(tensors, params))
+
+
+@pytest.mark.parametrize("kwargs, problem", _cases_with_scalar())
+def test_our_state_continues_in_torch(kwargs, problem):
+    _assert_continues_in_torch(kwargs, problem, kwargs)
 
 
 def test_exported_param_group_sets_torch_hyperparameters():
     # A default-constructed PyTorch optimizer takes lr, momentum, centered...
     # from the exported parameter group.
-    kwargs = dict(
-        lr=3e-2,
-        alpha=0.9,
-        eps=1e-3,
-        weight_decay=1e-2,
-        momentum=0.9,
-        centered=True,
-        maximize=True,
-    )
-    params, grads = _REAL
-    first, second = _halves(grads)
-    middle, state, state_dict = _ours_then_exported(kwargs, params, first)
-    tensors, optimizer = _torch_optimizer(middle)
-    optimizer.load_state_dict(state_dict)
-    _torch_steps(tensors, optimizer, second)
-    tx = optax_rmsprop.pytorch_rmsprop(**kwargs)
-    ours, _ = _our_steps(tx, middle, state, second)
-    _assert_trees_close(ours, _torch_params(tensors, params))
+    _assert_continues_in_torch(_EVERYTHING, _REAL, {})
 
 
 def test_exported_lr_is_schedule_value_at_count():

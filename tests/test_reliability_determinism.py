@@ -1,9 +1,13 @@
-"""Determinism across processes: a new process reproduces the bits.
+"""Determinism: the same bits from a transform compiled afresh, in this
+process and in a new one, and jit against eager to a few ulps.
 
 ``docs/RELIABILITY.md`` promises the same bits "on every run and in a new
 process": XLA:CPU compiles deterministically and compact storage draws its
 random bits from a hash of the element's index and the step count, never from
-a generator's state. One short training script runs in two fresh interpreters
+a generator's state. (Runs in one process repeat bit for bit: every
+checkpoint test compares a resumed run with an earlier one.)
+
+Across processes, one short training script runs in two fresh interpreters
 (one simulating 1 CPU device, one 8, as the documentation's check by hand did)
 and in this process; the SHA-256 of the raw bytes of every update, state and
 parameter leaf after every step must agree. Bits are compared only between
@@ -11,12 +15,74 @@ runs on this machine, never with stored digests (XLA's float32 arithmetic
 differs between CPU generations).
 """
 
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+from helpers import GRADS
+from helpers import PARAMS
+from helpers import RICHEST_VARIANT
+from helpers import SCHEDULED_VARIANT
+from helpers import STORAGE_OPTIONS
+from helpers import assert_bit_identical
+from helpers import banked
+from helpers import make
+from helpers import rmsprop_variant
+from helpers import run_steps
+from helpers import storage_id
+from helpers import storage_options
+from helpers import uninterrupted
+
+
+@storage_options()
+def test_transform_built_and_compiled_afresh_reproduces_the_bits(nu_dtype):
+    # Traced and compiled again (alone, not in the bank), bit for bit, stochastic
+    # rounding included: its random bits are a hash of the element's index and
+    # the step count, not a generator's state. (A new process gives the same
+    # bits too: XLA:CPU compiles deterministically; see docs/RELIABILITY.md.)
+    _, expected = uninterrupted(RICHEST_VARIANT, nu_dtype)
+    tx = _fresh_richest()[storage_id(nu_dtype)]
+    assert_bit_identical(run_steps(tx, PARAMS, tx.init(PARAMS), GRADS), expected)
+
+
+@functools.cache
+def _fresh_richest():
+    transforms = {
+        storage_id(s): rmsprop_variant(RICHEST_VARIANT, s) for s in STORAGE_OPTIONS
+    }
+    return banked(transforms, PARAMS)
+
+
+# jit and eager run different arithmetic (XLA fuses, reorders and may contract
+# a multiply and an add), so updates and states differ by float32 rounding, a
+# few ulps (parameters, their running sums, drift apart by as much per step).
+# For bf16 params XLA may also skip a rounding to bf16 inside the step (it
+# allows excess precision), so their float32 momentum differs by bf16 ulps. The
+# centered, debiased first step is left out: its variance is exactly zero, so
+# both give rounding noise over eps. Compact storage rounds stochastically, and
+# a value that differs by an ulp may round the other way: a bf16 ulp or an int8
+# code.
+@pytest.mark.parametrize("variant", ["default", SCHEDULED_VARIANT])
+def test_jit_and_eager_updates_and_states_agree_to_a_few_ulps(variant):
+    _, compiled = uninterrupted(variant, None)
+    tx = make(variant)
+    eager = run_steps(tx, PARAMS, tx.init(PARAMS), GRADS)
+    compiled_leaves = jax.tree_util.tree_leaves_with_path([h[:2] for h in compiled])
+    eager_leaves = jax.tree.leaves([h[:2] for h in eager])
+    for (path, x), y in zip(compiled_leaves, eager_leaves):
+        bf16 = "embed" in jax.tree_util.keystr(path)
+        rtol = 4 * 2.0**-7 if bf16 else 16 * 2.0**-23
+        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        np.testing.assert_allclose(x64, y64, rtol=rtol, atol=1e-7, err_msg=str(path))
+
+
+# --------------------------------------------------------------------------
+# A new process reproduces the bits of this one.
 
 # Runs as ``python -c`` in a fresh interpreter, and is exec'd here. It prints a
 # JSON dict: (transform, storage) -> one digest per step of the whole
