@@ -88,8 +88,8 @@ def _values(leaf, seed, nonzero=False):
     """Zeros (a fifth) and +-10^e for e in [-6, 2], float64 or complex128.
 
     Eight decades, none so small that a square underflows float32 (that is
-    tests/test_reliability_float32_limits.py's subject). ``nonzero`` makes the first element
-    nonzero, so that a bound on it is tested.
+    tests/test_reliability_float32_limits.py's subject). ``nonzero`` makes
+    the first element nonzero, so that a bound on it is tested.
     """
     rng = np.random.default_rng(seed)
 
