@@ -342,6 +342,43 @@ _DOCUMENTED_ERRORS += [
         "diagnostics-eps",
     ),
     _row(
+        _call(optax_rmsprop.effective_learning_rate, _STATE, 0.1, decay=0.9),
+        TypeError,
+        "missing 3 required keyword-only arguments: 'eps', 'eps_in_sqrt', and "
+        "'bias_correction'",
+        "diagnostics-setting-left-out",
+    ),
+    _row(
+        _call(
+            optax_rmsprop.effective_learning_rate,
+            _STATE,
+            0.1,
+            **{**_DIAGNOSED, "bias_correction": True},
+        ),
+        ValueError,
+        "`bias_correction=True` contradicts the optimizer state, a "
+        "ScaleByRmsState, which was built with bias_correction=False.",
+        "diagnostics-bias-correction-contradicts-state",
+    ),
+    _row(
+        _call(optax_rmsprop.pytorch_rmsprop, lr=jnp.array([1e-3, 1e-3])),
+        ValueError,
+        "`lr` must hold exactly one element, got an array of shape (2,)",
+        "pytorch-lr-array",
+    ),
+    _row(
+        _call(optax_rmsprop.keras_rmsprop, rho=jnp.array([0.9, 0.9])),
+        ValueError,
+        "`rho` must be a scalar (rank 0), got an array of shape (2,)",
+        "keras-rho-array",
+    ),
+    _row(
+        _call(optax_rmsprop.tf1_rmsprop, 0.1, epsilon=jnp.ones((1,))),
+        ValueError,
+        "`epsilon` must be a scalar (rank 0), got an array of shape (1,)",
+        "tf1-epsilon-array",
+    ),
+    _row(
         _call(optax_rmsprop.from_torch_state_dict, {}, _P),
         ValueError,
         "`state_dict` must be a torch.optim.RMSprop state_dict",
