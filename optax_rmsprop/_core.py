@@ -94,20 +94,18 @@ def rms_scaler(options: ScalerOptions) -> optax.GradientTransformation:
         eps_can_be_zero=not _checks.is_plain_positive(eps), centered=centered
     )
 
-    def nu_fill_dtype(param_dtype):
-        return nu_storage.fill_dtype(_storage.moment_dtype(param_dtype, nu_dtype))
+    def nu_dtype_of(param_dtype):
+        return _storage.moment_dtype(param_dtype, nu_dtype)
 
-    def mu_fill_dtype(param_dtype):
-        return mean_storage.fill_dtype(
-            _storage.first_moment_dtype(param_dtype, nu_dtype)
-        )
+    def mu_dtype_of(param_dtype):
+        return _storage.first_moment_dtype(param_dtype, nu_dtype)
 
     def init_fn(params):
         _checks.check_inexact_leaves("params", params)
-        nu = tm.full_like(params, initial_scale, nu_fill_dtype)
-        mu = tm.full_like(params, 0, mu_fill_dtype) if centered else None
+        nu = nu_storage.init(params, initial_scale, nu_dtype_of)
+        mu = mean_storage.init(params, 0, mu_dtype_of) if centered else None
         count = jnp.zeros([], jnp.int32) if counts_steps else None
-        return new_state(count, mean_storage.init(mu), nu_storage.init(nu))
+        return new_state(count, mu, nu)
 
     def update_fn(updates, state, params=None):
         del params  # Unused.

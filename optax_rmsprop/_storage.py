@@ -27,12 +27,14 @@ the history, and ``|update| <= 1 / sqrt(1 - decay)`` holds as in float32.
 """
 
 import math
+import numbers
 from typing import Any
 from typing import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optax_rmsprop import _tree_math as tm
 
@@ -43,6 +45,7 @@ _HEADROOM = 4  # Binades of room above the block scale for a growing average.
 _EXPONENT_BIAS = 127 - 31 + _HEADROOM  # Code exponent e in 1..31 -> 2**(e-31+4).
 _SMALLEST = 2.0 ** (1 - 31 + _HEADROOM)  # Code 8 (e = 1, m = 0), relative to scale.
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+_ONE_CODE = 8 * (127 - _EXPONENT_BIAS)  # 1.0 times the block scale (e=27, m=0).
 
 
 class Int8Blocks(NamedTuple):
@@ -66,17 +69,17 @@ class Storage(NamedTuple):
     Attributes:
         compact: whether ``write`` draws random bits keyed by the step count
             (the state must then count steps).
-        fill_dtype: maps the average's compute dtype to the dtype ``init``
-            fills it in.
-        init: a filled tree (shaped and sharded like the params) -> the
-            stored tree.
+        init: ``(params, value, compute_dtype_of)`` -> the stored tree of an
+            average filled with ``value``, shaped and sharded like the params
+            (``compute_dtype_of`` maps a parameter's dtype to the average's
+            compute dtype). Eagerly it costs one small compilation per leaf
+            shape, as optax's ``init`` does.
         read: ``(updates, stored)`` -> the average in compute precision.
         write: ``(values, previous stored, count)`` -> the stored tree.
     """
 
     compact: bool
-    fill_dtype: Callable[[Any], jnp.dtype]
-    init: Callable[[Any], Any]
+    init: Callable[[Any, Any, Callable], Any]
     read: Callable[[Any, Any], Any]
     write: Callable[[Any, Any, Any], Any]
 
@@ -94,22 +97,12 @@ def storages(nu_dtype: Any) -> tuple[Storage, Storage]:
     """
     if not needs_count(nu_dtype):
         plain = Storage(
-            compact=False,
-            fill_dtype=jnp.dtype,
-            init=_same,
-            read=_read_plain,
-            write=_write_plain,
+            compact=False, init=tm.full_like, read=_read_plain, write=_write_plain
         )
         return plain._replace(read=_read_capped), plain
-    bf16 = Storage(
-        compact=True,
-        fill_dtype=_bf16_unless_complex,
-        init=_same,
-        read=decode_tree,
-        write=encode_tree,
-    )
+    bf16 = Storage(compact=True, init=_init_bf16, read=decode_tree, write=encode_tree)
     if nu_dtype == INT8:
-        return bf16._replace(fill_dtype=jnp.dtype, init=_init_int8), bf16
+        return bf16._replace(init=_init_int8), bf16
     return bf16, bf16
 
 
@@ -137,10 +130,6 @@ def first_moment_dtype(param_dtype: Any, nu_dtype: Any) -> jnp.dtype:
     return real
 
 
-def _same(tree: Any) -> Any:
-    return tree
-
-
 def _read_plain(updates: Any, stored: Any) -> Any:
     del updates  # Unused: a plain stored tree is its own compute precision.
     return stored
@@ -161,8 +150,52 @@ def _write_plain(values: Any, previous: Any, count: Any) -> Any:
     return values
 
 
-def _init_int8(filled: Any) -> Any:
-    return init_tree(filled, INT8)
+def _init_bf16(params: Any, value: Any, compute_dtype_of: Callable) -> Any:
+    """Filled in bf16 directly; complex means stay complex (no complex bf16)."""
+    return tm.full_like(
+        params, value, lambda dtype: _bf16_unless_complex(compute_dtype_of(dtype))
+    )
+
+
+def _init_int8(params: Any, value: Any, compute_dtype_of: Callable) -> Any:
+    """:class:`Int8Blocks` holding ``value`` everywhere.
+
+    Outside a trace, without quantising: a constant fill has one code and one
+    scale, ``value`` (1 for 0, as :func:`_fresh_scales` gives), the code
+    standing for 1.0 times it (0 for 0), so no quantiser needs compiling and
+    the scales are made on the host. Under ``jit`` the filled leaf is
+    quantised, so that the scales, derived from the (sharded) leaf, are
+    sharded with its blocks. Leaves under 4096 elements stay float32.
+    """
+
+    def fill(p):
+        size = math.prod(jnp.shape(p))
+        if size < MIN_QUANTISED_SIZE:
+            return tm.full_like(p, value, compute_dtype_of)
+        if isinstance(p, jax.core.Tracer):
+            return _quantised_afresh(tm.full_like(p, value, compute_dtype_of))
+        blocks = -(-size // BLOCK_SIZE)
+        code, scale = _constant_code_and_scale(value)
+        codes = jnp.full_like(p, code, dtype=jnp.uint8)
+        return Int8Blocks(codes=codes, scales=_filled_scales(blocks, scale))
+
+    return tm.map_leaves(fill, params)
+
+
+def _constant_code_and_scale(value: Any) -> tuple[Any, Any]:
+    """The code and the block scale of a block filled with ``value`` (>= 0)."""
+    if isinstance(value, numbers.Real):
+        return (_ONE_CODE, float(value)) if float(value) > 0 else (0, 1.0)
+    positive = jnp.asarray(value) > 0
+    scale = jnp.where(positive, jnp.asarray(value, jnp.float32), 1.0)
+    return jnp.where(positive, _ONE_CODE, 0).astype(jnp.uint8), scale
+
+
+def _filled_scales(blocks: int, scale: Any) -> jax.Array:
+    """``blocks`` float32 scales, made on the host when ``scale`` is a number."""
+    if isinstance(scale, float):
+        return jnp.asarray(np.full(blocks, scale, np.float32))
+    return jnp.full((blocks,), scale, jnp.float32)
 
 
 def _bf16_unless_complex(compute_dtype: Any) -> jnp.dtype:
@@ -182,15 +215,6 @@ def needs_count(nu_dtype: Any) -> bool:
     if isinstance(nu_dtype, str):
         return nu_dtype == INT8
     return nu_dtype is not None and jnp.dtype(nu_dtype) == jnp.bfloat16
-
-
-def init_tree(filled: Any, nu_dtype: Any) -> Any:
-    """Stores a tree of filled averages (already shaped and sharded like params)."""
-    return jax.tree.map(
-        lambda x: None if x is None else init_leaf(x, nu_dtype),
-        filled,
-        is_leaf=tm.is_none,
-    )
 
 
 def decode_tree(anchor: Any, stored: Any) -> Any:
