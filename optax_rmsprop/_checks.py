@@ -85,11 +85,17 @@ def check_scaler_options(options: ScalerOptions) -> ScalerOptions:
 
 
 def check_scaler_flags(options: ScalerOptions) -> ScalerOptions:
-    """Checks the flags and the storage only: presets check numbers by their names."""
+    """Checks the flags and the storage only: presets check numbers by their names.
+
+    Warns (``UserWarning``) when the storage cannot track the average at
+    this decay (``_storage.warn_if_too_coarse``).
+    """
     check_flag("eps_in_sqrt", options.eps_in_sqrt)
     check_flag("bias_correction", options.bias_correction)
     check_flag("centered", options.centered)
-    return options._replace(nu_dtype=canonical_nu_dtype("nu_dtype", options.nu_dtype))
+    nu_dtype = canonical_nu_dtype("nu_dtype", options.nu_dtype)
+    _storage.warn_if_too_coarse(nu_dtype, options.decay)
+    return options._replace(nu_dtype=nu_dtype)
 
 
 def check_decay_and_eps(decay: Any, eps: Any) -> None:

@@ -75,6 +75,25 @@ def state_class(centered: bool, bias_correction: bool, compact: bool = False) ->
 _OPTAX_SCALERS = {False: optax.scale_by_rms, True: optax.scale_by_stddev}
 
 
+class ScalerParts(NamedTuple):
+    """The scaler's pieces, for transforms that fuse it with what follows.
+
+    Attributes:
+        init: ``params -> state``, as the scaler's ``init``.
+        advance: ``(g, state) -> new state``: the averages after this step's
+            gradient, written in their storage.
+        scale: ``(g, new state) -> g / rms``: the update from the averages
+            just written (read back as stored).
+        check: ``(updates, state) -> None``: refuses a state of other
+            options or another tree.
+    """
+
+    init: optax.TransformInitFn
+    advance: Callable[[Any, Any], Any]
+    scale: Callable[[Any, Any], Any]
+    check: Callable[[Any, Any], None]
+
+
 def rms_scaler(options: ScalerOptions) -> optax.GradientTransformation:
     """The scaler from checked options; see ``scale_by_rms`` for the maths.
 
@@ -82,6 +101,28 @@ def rms_scaler(options: ScalerOptions) -> optax.GradientTransformation:
     (``_checks.check_scaler_options``, or a preset's own names with
     ``_checks.check_scaler_flags``), with ``nu_dtype`` in canonical form;
     nothing is checked twice.
+    """
+    parts = scaler_parts(options)
+
+    def update_fn(updates, state, params=None):
+        del params  # Unused.
+        parts.check(updates, state)
+        g = tm.map_leaves(jnp.asarray, updates)  # Python float leaves too.
+        state = parts.advance(g, state)
+        return parts.scale(g, state), state
+
+    return optax.GradientTransformation(parts.init, update_fn)
+
+
+def scaler_parts(options: ScalerOptions) -> ScalerParts:
+    """:class:`ScalerParts` from checked options (see :func:`rms_scaler`).
+
+    The update is computed from the averages as stored: XLA then reads the
+    stored average once, after writing it in place, instead of copying last
+    step's before overwriting it (a donated state is written where it was
+    read). For float32 storage that is the exact average; compact storages'
+    is stochastically rounded and floored at this step's own share, so that
+    ``|update| <= 1 / sqrt(1 - decay)`` still holds.
     """
     decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, nu_dtype = (
         options
@@ -100,30 +141,36 @@ def rms_scaler(options: ScalerOptions) -> optax.GradientTransformation:
     def mu_dtype_of(param_dtype):
         return _storage.first_moment_dtype(param_dtype, nu_dtype)
 
-    def init_fn(params):
+    def init(params):
         _checks.check_inexact_leaves("params", params)
         nu = nu_storage.init(params, initial_scale, nu_dtype_of)
         mu = mean_storage.init(params, 0, mu_dtype_of) if centered else None
         count = jnp.zeros([], jnp.int32) if counts_steps else None
         return new_state(count, mu, nu)
 
-    def update_fn(updates, state, params=None):
-        del params  # Unused.
+    def check(updates, state):
         _checks.check_state_type(state, state_cls, "the RMS scaler")
         _checks.check_tree_matches(updates, state.nu)
-        g = tm.map_leaves(jnp.asarray, updates)  # Python float leaves too.
+
+    def advance(g, state):
         count = optax.safe_increment(state.count) if counts_steps else None
         nu = tm.ema_of_squares(g, nu_storage.read(g, state.nu), decay)
         mu = tm.ema(g, mean_storage.read(g, state.mu), decay) if centered else None
-        nu_hat, mu_hat = _debiased(nu, mu, count)
-        variance = tm.centered_variance(mu_hat, nu_hat) if centered else nu_hat
-        scaled = tm.scale_by_inverse_rms(
-            g, variance, eps=eps, eps_in_sqrt=eps_in_sqrt, guard=guard
-        )
-        return scaled, new_state(
+        return new_state(
             count,
             mean_storage.write(mu, state.mu, count) if centered else None,
             nu_storage.write(nu, state.nu, count),
+        )
+
+    def scale(g, state):
+        nu = nu_storage.read_written(g, state.nu)
+        if nu_storage.compact:
+            nu = tm.at_least_own_share(nu, g, decay)
+        mu = mean_storage.read_written(g, state.mu) if centered else None
+        nu_hat, mu_hat = _debiased(nu, mu, state.count)
+        variance = tm.centered_variance(mu_hat, nu_hat) if centered else nu_hat
+        return tm.scale_by_inverse_rms(
+            g, variance, eps=eps, eps_in_sqrt=eps_in_sqrt, guard=guard
         )
 
     def _debiased(nu, mu, count):
@@ -131,7 +178,7 @@ def rms_scaler(options: ScalerOptions) -> optax.GradientTransformation:
             return nu, mu
         return tm.debias(nu, decay, count), tm.debias(mu, decay, count)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return ScalerParts(init, advance, scale, check)
 
 
 def _state_constructor(

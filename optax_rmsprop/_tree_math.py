@@ -94,11 +94,28 @@ def ema_of_squares(
     r"""``(1 - decay) * |g|^2 + decay * nu``, in and stored as ``nu``'s dtype."""
 
     def step(g, n):
-        g = _promoted(g, n)
-        square = g * g if jnp.isrealobj(g) else jnp.real(g * jnp.conj(g))
-        return ((1 - decay) * square + decay * n).astype(n.dtype)
+        return ((1 - decay) * _abs_squared(g, n) + decay * n).astype(n.dtype)
 
     return _map(step, updates, nu)
+
+
+def at_least_own_share(
+    nu: optax.Updates, updates: optax.Updates, decay: jax.typing.ArrayLike
+) -> optax.Updates:
+    r"""``max(nu, (1 - decay) |g|^2)``: the least an exact average of squares holds.
+
+    A rounded (stored) average may lie below this step's own share; floored,
+    ``|g| / sqrt(nu) <= 1 / sqrt(1 - decay)`` holds as for the exact one.
+    """
+    return _map(
+        lambda n, g: jnp.maximum(n, (1 - decay) * _abs_squared(g, n)), nu, updates
+    )
+
+
+def _abs_squared(g: jax.Array, like: jax.Array) -> jax.Array:
+    """``|g|^2`` in ``like``'s precision (real for complex ``g``)."""
+    g = _promoted(g, like)
+    return g * g if jnp.isrealobj(g) else jnp.real(g * jnp.conj(g))
 
 
 def ema(

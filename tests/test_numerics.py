@@ -445,8 +445,10 @@ def test_nu_dtype_bfloat16_on_float32_params():
     # g = 2, decay 0.9, eps 0: nu = 0.4 = 204.8 / 512 lies between two bf16
     # numbers of [0.25, 0.5) (grid 2^-9): 204/512 and 205/512. Stochastic
     # rounding stores one of them (205/512 with probability 0.8). The update
-    # is computed from the float32 average of this step, so it is exactly
-    # -sqrt(10) in float32; the momentum buffer stays float32.
+    # is computed from the stored average, floored at this step's own share
+    # 0.1 g^2 = 0.4: -2 / sqrt(205/512) where 205/512 is stored, and
+    # -2 / sqrt(0.4) = -sqrt(10) where 204/512 is. The momentum buffer stays
+    # float32.
     params = jnp.zeros((4096,), jnp.float32)
     tx = optax_rmsprop.rmsprop(1.0, eps=0.0, momentum=0.9, nu_dtype=jnp.bfloat16)
     updates, state = tx.update(jnp.full((4096,), 2.0, jnp.float32), tx.init(params))
@@ -460,4 +462,5 @@ def test_nu_dtype_bfloat16_on_float32_params():
     assert updates.dtype == jnp.float32
     # rtol 4e-7: a few float32 ulps (an ulp of 3.16 is 7.5e-8 of it); XLA's
     # rsqrt differs by an ulp or two between CPU generations.
-    np.testing.assert_allclose(updates, -np.float32(math.sqrt(10)), rtol=4e-7)
+    expected = np.where(stored == 205 / 512, -2 / math.sqrt(205 / 512), -math.sqrt(10))
+    np.testing.assert_allclose(updates, expected, rtol=4e-7)

@@ -60,6 +60,14 @@ _FIRST_STEP_OF_LARGEST_GRADIENT = {
 }
 
 
+# The step is computed from the average as stored. float32 storage stores it
+# exactly; bf16 rounds it by less than its relative spacing 2**-7 and int8 by
+# less than 2**-3, and the update (a square root, for centered the variance
+# 0.09 g^2 from nu = 0.1 g^2 and mu^2 = 0.01 g^2: errors of 1.33x the
+# spacing, rooted) moves by less than that spacing.
+_STORED_ROUNDING = {"default": 1e-6, "float32": 1e-6, "bfloat16": 2**-7, "int8": 2**-3}
+
+
 @storage_options()
 @pytest.mark.parametrize("scaler", list(_FIRST_STEP_OF_LARGEST_GRADIENT))
 def test_largest_gradient_whose_square_fits_gives_the_exact_first_step(
@@ -68,7 +76,8 @@ def test_largest_gradient_whose_square_fits_gives_the_exact_first_step(
     grads = jnp.full((4096,), 1.8e19)
     (updates,) = _eager_updates(_scaler(scaler, nu_dtype), [grads])
     expected = _FIRST_STEP_OF_LARGEST_GRADIENT[scaler]
-    np.testing.assert_allclose(updates, expected, rtol=1e-6)
+    rtol = _STORED_ROUNDING[storage_id(nu_dtype)]
+    np.testing.assert_allclose(updates, expected, rtol=rtol)
 
 
 # One leaf of 4096 elements (an int8 block set): four huge elements among ones
