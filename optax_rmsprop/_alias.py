@@ -1,6 +1,7 @@
 """``rmsprop``: the scaler, then decoupled weight decay, learning rate, momentum."""
 
 from typing import Any
+from typing import Callable
 
 import jax
 import optax
@@ -8,6 +9,7 @@ import optax
 from optax_rmsprop import _checks
 from optax_rmsprop import _core
 from optax_rmsprop import _momentum
+from optax_rmsprop import _nesterov
 from optax_rmsprop import _options
 from optax_rmsprop import _storage
 
@@ -144,12 +146,26 @@ def rmsprop_chain(
     weight_decay: jax.typing.ArrayLike | None = None,
     weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """:func:`rmsprop`'s chain from checked arguments (the Keras and TF1 presets)."""
-    return optax.chain(
-        _core.rms_scaler(options),
+    """:func:`rmsprop`'s chain from checked arguments (the Keras and TF1 presets).
+
+    With Nesterov momentum the chain is computed in one transformation with
+    the same state (see ``_nesterov``), which moves fewer bytes.
+    """
+    middle = (
         *_decoupled_weight_decay(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-        _momentum_or_nothing(momentum, nesterov, options.nu_dtype),
+    )
+    if momentum is not None and nesterov:
+        return _nesterov.nesterov_rmsprop(
+            options,
+            middle,
+            momentum=momentum,
+            accumulator_dtype=_accumulator_dtype(options.nu_dtype),
+        )
+    return optax.chain(
+        _core.rms_scaler(options),
+        *middle,
+        _momentum_or_nothing(momentum, options.nu_dtype),
     )
 
 
@@ -170,12 +186,15 @@ def _decoupled_weight_decay(
 
 
 def _momentum_or_nothing(
-    momentum: jax.typing.ArrayLike | None, nesterov: bool, nu_dtype: Any
+    momentum: jax.typing.ArrayLike | None, nu_dtype: Any
 ) -> optax.GradientTransformation:
     if momentum is None:
         return _momentum.no_momentum()
     return _momentum.momentum(
-        decay=momentum,
-        nesterov=nesterov,
-        accumulator_dtype=lambda dtype: _storage.first_moment_dtype(dtype, nu_dtype),
+        decay=momentum, nesterov=False, accumulator_dtype=_accumulator_dtype(nu_dtype)
     )
+
+
+def _accumulator_dtype(nu_dtype: Any) -> Callable[[Any], Any]:
+    """The momentum buffer's dtype: float32 for bf16/f16 params (see rmsprop)."""
+    return lambda dtype: _storage.first_moment_dtype(dtype, nu_dtype)
