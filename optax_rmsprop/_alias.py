@@ -191,7 +191,7 @@ def _momentum_or_nothing(
     if momentum is None:
         return _momentum.no_momentum()
     return _momentum.momentum(
-        decay=momentum, nesterov=False, accumulator_dtype=_accumulator_dtype(nu_dtype)
+        decay=momentum, accumulator_dtype=_accumulator_dtype(nu_dtype)
     )
 
 

@@ -1,14 +1,9 @@
-"""Heavy-ball and Nesterov momentum with optax's ``TraceState``, in fewer passes.
+"""Heavy-ball momentum with optax's ``TraceState``; and the empty momentum slot.
 
 Same maths and state as ``optax.trace``: ``t = u + decay * t_prev``, and the
-update is ``t`` (heavy ball) or ``u + decay * t`` (Nesterov). Only the
-Nesterov update is written differently: ``u = t - decay * t_prev``, so
-
-    u + decay * t = (1 + decay) * t - decay * t_prev,
-
-which XLA computes from the two momentum buffers alone instead of re-reading
-the gradient and the (materialised) ``1/rms`` scaling: 11 float32 passes per
-parameter for the fused RMSprop step instead of optax's 14.
+update is ``t``. Nesterov momentum needs the scaler's inputs to avoid
+copying the trace, so ``rmsprop`` computes it in one transformation
+(``_nesterov``).
 """
 
 from typing import Callable
@@ -21,14 +16,13 @@ from optax_rmsprop import _tree_math as tm
 
 
 def momentum(
-    *, decay: jax.typing.ArrayLike, nesterov: bool, accumulator_dtype: Callable
+    *, decay: jax.typing.ArrayLike, accumulator_dtype: Callable
 ) -> optax.GradientTransformation:
-    """Momentum on the updates it is given (state ``optax.TraceState``).
+    """Heavy-ball momentum on the updates it is given (state ``optax.TraceState``).
 
     Args:
         decay: the momentum coefficient, checked by the caller under the
             name its user typed.
-        nesterov: return ``u + decay * t`` instead of ``t``.
         accumulator_dtype: a ``param dtype -> buffer dtype`` function.
     """
 
@@ -39,11 +33,7 @@ def momentum(
         del params  # Unused.
         _checks.check_state_type(state, optax.TraceState, "momentum")
         trace = tm.accumulate(updates, state.trace, decay)
-        if nesterov:
-            updates = tm.nesterov_from_traces(trace, state.trace, decay, updates)
-        else:
-            updates = tm.cast_like(trace, updates)
-        return updates, optax.TraceState(trace=trace)
+        return tm.cast_like(trace, updates), optax.TraceState(trace=trace)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -45,9 +45,7 @@ def nesterov_rmsprop(
         accumulator_dtype: a ``param dtype -> trace dtype`` function.
     """
     parts = _core.scaler_parts(options)
-    heavy_ball = _momentum.momentum(
-        decay=momentum, nesterov=False, accumulator_dtype=accumulator_dtype
-    )
+    heavy_ball = _momentum.momentum(decay=momentum, accumulator_dtype=accumulator_dtype)
     chain = optax.chain(_core.rms_scaler(options), *middle, heavy_ball)
 
     def step(g, scaler_state, middle_states, params):

@@ -158,7 +158,6 @@ def _buffer_before_learning_rate(
     return (
         _momentum.momentum(
             decay=momentum,
-            nesterov=False,
             accumulator_dtype=lambda dtype: _storage.first_moment_dtype(dtype, None),
         ),
     )

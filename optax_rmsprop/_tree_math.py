@@ -234,25 +234,6 @@ def accumulate(
     )
 
 
-def nesterov_from_traces(
-    trace: optax.Updates,
-    previous: optax.Updates,
-    decay: jax.typing.ArrayLike,
-    like: optax.Updates,
-) -> optax.Updates:
-    """Nesterov's ``g + decay * trace`` as ``(1 + decay) * trace - decay * previous``.
-
-    Equal because ``g = trace - decay * previous``; the result takes ``like``'s
-    dtypes.
-    """
-    return _map(
-        lambda t, p, u: _narrowed((1 + decay) * t - decay * p, u.dtype),
-        trace,
-        previous,
-        like,
-    )
-
-
 def cast_like(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
     """``tree`` with each leaf in the dtype of the matching leaf of ``like``."""
     return _map(lambda x, y: _narrowed(x, y.dtype), tree, like)

@@ -33,9 +33,10 @@ What is exact and what is not, under ``jax.jit`` on XLA:CPU:
     file's programs the heavy-ball trace happens to come out bit-identical
     without bias correction; in ``test_state_layout.py``'s, with eps outside
     the root and a schedule, it does not);
-  - Nesterov is also a different formula: optax returns ``d_k + 0.9 t_k``
-    and ours ``1.9 t_k - 0.9 t_{k-1}`` (see ``_momentum.py``), equal in exact
-    arithmetic but rounded differently.
+  - Nesterov: both return ``d_k + 0.9 t_k``, but ours computes ``d_k`` a
+    second time for it, behind an optimisation barrier (see
+    ``_nesterov.py``), and XLA may contract each copy's multiply-adds
+    differently.
 
 The bounds: each step's scaled gradient ``d_k = lr_k u_k`` may differ by a
 few roundings, amplified by the conditioning ``K_k`` of the denominator
@@ -45,7 +46,9 @@ with weight 0.9, so the bound on the trace and on the heavy-ball update is
 ``1e-6`` (~8 float32 ulps) times the running *absolute* trace
 ``A_k = K_k |d_k| + 0.9 A_{k-1}``; with changing signs the trace itself can
 be far smaller than the terms whose roundings it carries. Nesterov's update
-reads ``(1 + m) t_k - m t_{k-1}``, hence ``1e-6 (2 A_k + A_{k-1})``. Without
+``d_k + m t_k`` is bounded by ``1e-6 (2 A_k + A_{k-1})`` (it was once
+computed as ``(1 + m) t_k - m t_{k-1}``, whose bound this is; it covers
+``K_k |d_k| + m A_k`` too). Without
 momentum ``A_k = K_k |u_k|``. The parameters come from
 ``optax.apply_updates`` in the same jitted step, where XLA may also fuse
 ``p + (-lr) * x`` differently: one rounding of ``|p| + |u|`` per step on top

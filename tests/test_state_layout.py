@@ -39,8 +39,8 @@ scaler's state still is, and the updates, trace and params agree to float32
 rounding: XLA compiles our debiasing as a multiply by ``1 / (1 - decay**t)``
 where it keeps optax's division, contracts the trace's multiply-add into an
 FMA around a different product in some programs (here, heavy-ball with eps
-outside the root and a schedule), and Nesterov is computed as
-``(1 + m) t_k - m t_{k-1}`` (see ``test_parity_with_optax.py``, whose bounds,
+outside the root and a schedule), and Nesterov's ``d_k`` is computed a
+second time for the update (see ``test_parity_with_optax.py``, whose bounds,
 ~8 ulps of the running absolute trace, are used here too).
 """
 
