@@ -1,10 +1,12 @@
 """``python -m benchmarks``: every benchmark, a printed table and a JSON file.
 
 Sections (``--only`` picks some): ``step_time`` (``bench_step_time``),
-``memory`` (``bench_memory``), ``compile`` (``bench_compile``), ``init``
+``memory`` (``bench_memory``), ``compile`` (``bench_compile``), ``accuracy``
+(``bench_accuracy``, compact storage against float32), ``init``
 (``bench_init``, eager) and ``training`` (``bench_training``). ``--smoke``
 runs tiny shapes once, with XLA's fastest compilation: a check that the
-harness works, not a measurement.
+harness works, not a measurement. The footer counts the targets met and
+missed; a target the library itself warns about (``warned``) is neither.
 """
 
 import argparse
@@ -18,6 +20,7 @@ from benchmarks import _machine
 from benchmarks import _report
 from benchmarks import _torch
 from benchmarks import _variants
+from benchmarks import bench_accuracy
 from benchmarks import bench_compile
 from benchmarks import bench_init
 from benchmarks import bench_memory
@@ -28,6 +31,7 @@ SECTIONS = {
     "step_time": bench_step_time,
     "memory": bench_memory,
     "compile": bench_compile,
+    "accuracy": bench_accuracy,
     "init": bench_init,
     "training": bench_training,
 }
@@ -92,21 +96,19 @@ def _header(report) -> str:
 
 
 def _footer(report, path) -> str:
-    verdicts = [
-        r
-        for rs in report["sections"].values()
-        for r in rs
-        if r.get("verdict", "-") != "-"
-    ]
+    verdicts = [r for rs in report["sections"].values() for r in rs if "verdict" in r]
     counts = {
         label: [r for r in verdicts if r["verdict"].startswith(label)]
-        for label in (_report.MET, _report.MISSED)
+        for label in (_report.MET, _report.MISSED, _report.WARNED)
     }
+    met, missed = len(counts[_report.MET]), len(counts[_report.MISSED])
+    warned = counts[_report.WARNED]
     lines = [
-        f"== Targets: {len(verdicts)} checked: {len(counts[_report.MET])} met, "
-        f"{len(counts[_report.MISSED])} missed =="
+        f"== Targets: {met + missed} checked: {met} met, {missed} missed"
+        + (f"; {len(warned)} warned by the library, not counted" if warned else "")
+        + " =="
     ]
-    lines += [f"  {_who(r)}: {r['verdict']}" for r in counts[_report.MISSED]]
+    lines += [f"  {_who(r)}: {r['verdict']}" for r in counts[_report.MISSED] + warned]
     load = ", ".join(f"{x:.2f}" for x in report["load_average_at_end"]) or "n/a"
     lines.append(f"Load average at end: {load}")
     lines.append(f"Total time {report['runtime_s']:.0f} s; results in {path}")
@@ -114,10 +116,17 @@ def _footer(report, path) -> str:
 
 
 def _who(record) -> str:
-    """Which measurement a verdict is about, e.g. ``resnet50 optax_rmsprop/x``."""
+    """Which measurement a verdict is about.
+
+    E.g. ``resnet50 optax_rmsprop/nu_int8 time over optax_rmsprop/default``.
+    """
     what = record.get("numerator") or f"{record['library']}/{record['variant']}"
     if record["kind"] == "floor":
         what += " vs bandwidth floor"
+    if "measure" in record:
+        what += f" {record['measure']}"
+    if "denominator" in record:
+        what += f" over {record['denominator']}"
     return f"{record.get('shape', 'large_leaf')} {what}"
 
 

@@ -28,7 +28,7 @@ def paired(record: dict) -> str:
     return f"{record['paired_ratio']:.3f} ({low:.3f}-{high:.3f})"
 
 
-MET, MISSED = "met", "MISSED"
+MET, MISSED, WARNED = "met", "MISSED", "warned"
 
 
 def verdict_of(record: dict, limit: float, kind: str = "at_most") -> str:
@@ -59,6 +59,30 @@ def verdict_of(record: dict, limit: float, kind: str = "at_most") -> str:
     if best_met:
         spread += ", its better quartile meets the target"
     return f"{MISSED}: {gap} ({spread})"
+
+
+def verdict_of_value(value: float, limit: float) -> str:
+    """A target's verdict on a deterministic figure (not a timing): value <= limit.
+
+    "met" when it holds (equality meets it), else "MISSED" with the figure,
+    e.g. ``MISSED: 0.034 > 0.02``.
+    """
+    if value <= limit:
+        return MET
+    return f"{MISSED}: {value:.3g} > {limit:g}"
+
+
+def verdict_of_count(count: int, noun: str) -> str:
+    """A count's verdict against a target of none: "met", or ``MISSED: 2 copies``."""
+    return MET if count == 0 else f"{MISSED}: {count} {noun}"
+
+
+def warned(message: str) -> str:
+    """The verdict when the library warns that a setting misses the target.
+
+    Counted neither met nor missed: the warning tells the user instead.
+    """
+    return f"{WARNED}: {message[:80]}"
 
 
 def _cell(value) -> str:

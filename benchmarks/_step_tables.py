@@ -8,6 +8,9 @@ def table(records: list[dict]) -> str:
     for shape in dict.fromkeys(r["shape"] for r in records):
         parts.append(_shape_table([r for r in records if r["shape"] == shape]))
     parts.append(_comparison_table([r for r in records if r["kind"] == "comparison"]))
+    own = [r for r in records if r["kind"] == "versus_default"]
+    if own:
+        parts.append(_versus_default_table(own))
     floors = [r for r in records if r["kind"] in ("floor", "bandwidth")]
     if floors:
         parts.append(_floor_table(floors))
@@ -54,6 +57,21 @@ def _comparison_table(records) -> str:
     title = (
         "Step time ratios (torch rows: its speed-up); verdicts on the median of "
         "the per-round ratios, with their IQR as the noise"
+    )
+    return _report.table(title, headers, rows)
+
+
+def _versus_default_table(records) -> str:
+    headers = ["shape", "variant", "measure", "ratio of medians", "paired ratio (IQR)"]
+    headers += ["bytes ratio", "target", "verdict"]
+    rows = [
+        [r["shape"], r["variant"], r["measure"], r["ratio"], _report.paired(r)]
+        + [r.get("bytes_ratio", "-"), r["target"], r["verdict"]]
+        for r in records
+    ]
+    title = (
+        "Step time vs our default (float32 storage), same rounds; time per byte: "
+        "the time ratio over the bytes ratio (XLA's bytes accessed)"
     )
     return _report.table(title, headers, rows)
 

@@ -75,6 +75,17 @@ def unavailable() -> tuple[str, ...]:
     return tuple(name for name, dtype in _COMPACT if not _accepts(dtype))
 
 
+def storages(smoke: bool = False) -> dict:
+    """``{variant name: nu_dtype}`` of ``step_variants``' compact storages."""
+    variants = step_variants(smoke)
+    return {v.name: v.options["nu_dtype"] for v in variants if is_compact(v)}
+
+
+def is_compact(variant: Variant) -> bool:
+    """Whether ``variant`` stores its second moment compactly (not float32)."""
+    return "nu_dtype" in variant.options
+
+
 def ours(variant: Variant, learning_rate=LEARNING_RATE):
     return optax_rmsprop.rmsprop(learning_rate, decay=DECAY, eps=EPS, **variant.options)
 

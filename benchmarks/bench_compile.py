@@ -5,6 +5,11 @@ step (so no cache is hit), then times tracing and lowering
 (``jit(...).lower``) and XLA compilation (``.compile()``) separately. The
 contenders take turns within each round; each is first compiled once for a
 two-leaf tree so JAX's one-time caches (of jnp helpers) are warm for all.
+
+Target (issue 13): each compact storage's total (trace, lower and compile)
+over our default's (float32 storage) <= 1.5, on the median samples of the
+same rounds (``_timing.paired_ratio``, ``_report.verdict_of``); the ratios
+to optax are reported without a target.
 """
 
 import time
@@ -15,6 +20,7 @@ import numpy as np
 from benchmarks import _report
 from benchmarks import _shapes
 from benchmarks import _steps
+from benchmarks import _timing
 from benchmarks import _variants
 
 ROUNDS = 1  # Each sample compiles the 1024-leaf step: 5 to 45 s here.
@@ -23,6 +29,7 @@ SHAPE = "small_leaves"
 # whole run within minutes; ``--repeats`` asks for more rounds.
 VARIANTS = ("default", "nesterov", "nu_bf16", "nu_int8")
 OURS, OPTAX = "optax_rmsprop", "optax"
+STORAGE_LIMIT = 1.5  # A compact storage's compile total over our default's.
 
 
 def run(smoke: bool, repeats: int | None = None) -> list[dict]:
@@ -42,7 +49,9 @@ def _run(smoke, repeats) -> list[dict]:
     samples = _interleaved(contenders, _shapes.abstract_tree(shapes), rounds)
     base = {"shape": SHAPE, "leaves": len(shapes), "rounds": rounds}
     records = [base | _summary(name, s) for name, s in samples.items()]
-    return records + [base | _ratio(v, variants, samples) for v in variants]
+    records += [base | _ratio(v, variants, samples) for v in variants]
+    storages = [v for v in variants if _variants.is_compact(v)]
+    return records + [base | _storage_ratio(v, samples) for v in storages]
 
 
 def _contenders(variants) -> dict:
@@ -107,7 +116,35 @@ def _ratio(variant, variants, samples) -> dict:
     return record | {"denominator": theirs} | ratios
 
 
+def _storage_ratio(variant, samples) -> dict:
+    """Compile total of a compact storage over our default's, round by round."""
+    ours, default = f"{OURS}/{variant.name}", f"{OURS}/default"
+    paired = _timing.paired_ratio(
+        [sum(s) for s in samples[ours]], [sum(s) for s in samples[default]]
+    )
+    record = {"kind": "compile_storage_ratio", "variant": variant.name}
+    record |= {"numerator": ours, "denominator": default, "measure": "compile total"}
+    verdict = _report.verdict_of(paired, STORAGE_LIMIT)
+    return record | {"target": f"<= {STORAGE_LIMIT:g}", "verdict": verdict} | paired
+
+
 def table(records: list[dict]) -> str:
+    storages = [r for r in records if r["kind"] == "compile_storage_ratio"]
+    text = _compile_table(records)
+    return text + ("\n\n" + _storage_table(storages) if storages else "")
+
+
+def _storage_table(records) -> str:
+    title = "Compile time of compact storage over our default's (float32 storage)"
+    headers = ["variant", "total ratio", "paired ratio (IQR)", "target", "verdict"]
+    rows = [
+        [r["variant"], r["ratio"], _report.paired(r), r["target"], r["verdict"]]
+        for r in records
+    ]
+    return _report.table(title, headers, rows)
+
+
+def _compile_table(records) -> str:
     first = records[0]
     title = (
         f"Compile time, {first['shape']} ({first['leaves']} leaves): fresh jit of "

@@ -12,12 +12,15 @@ buffer, is timed in the same rounds: its bytes (from XLA's cost analysis) per
 second is the bandwidth a step can reach, and ``bytes accessed / bandwidth``
 is each step's floor.
 
-Contenders compared with each other run side by side in every round, and
-each verdict is on the median of the per-round (paired) ratios, with their
-interquartile range as the noise (``_report.verdict_of``). Targets: ratio to
-``optax.rmsprop`` <= 1.00, and below 1 where we move fewer bytes (Nesterov,
-compact state); at least 3x PyTorch's speed on the large shapes; on the large
-leaf, at most 1.10x the floor.
+Contenders compared with each other run side by side in every round (our
+compact storage next to our default), and each verdict is on the median of
+the per-round (paired) ratios, with their interquartile range as the noise
+(``_report.verdict_of``). Targets: ratio to ``optax.rmsprop`` <= 1.00, and
+below 1 where we move fewer bytes (Nesterov, compact state); at least 3x
+PyTorch's speed on the large shapes; on the large leaf, at most 1.10x the
+floor. Against our own default (issue 13, ``_versus_default``): compact
+storage <= 1.00 on every shape; on the large shapes, every other variant
+<= 1.10 in time per byte, momentum <= 1.55 and Nesterov <= 2.0 in time.
 """
 
 import gc
@@ -34,6 +37,7 @@ from benchmarks import _steps
 from benchmarks import _timing
 from benchmarks import _torch
 from benchmarks import _variants
+from benchmarks import _versus_default
 
 ROUNDS = 9
 SAMPLE_SECONDS = 0.05  # Steps per sample are chosen to last about this long.
@@ -81,7 +85,7 @@ def _bench_shape(shape, leaves, rounds, smoke) -> list[dict]:
     entries = _side_by_side(entries, variants)
     contenders = [e.contender for e in entries]
     _timing.warm_up(contenders)
-    steps = 1 if smoke else _timing.steps_per_sample(contenders[0], SAMPLE_SECONDS)
+    steps = 1 if smoke else _steps_per_sample(contenders)
     timing_start = time.perf_counter()
     samples = _timing.interleaved(contenders, rounds, steps)
     base = {"shape": shape, "leaves": len(leaves), "rounds": rounds}
@@ -90,20 +94,45 @@ def _bench_shape(shape, leaves, rounds, smoke) -> list[dict]:
         "setup_s": timing_start - start,
         "timing_s": time.perf_counter() - timing_start,
     }
-    records = [
-        base | e.meta | _timing.summary(samples[e.contender.name]) for e in entries
-    ]
-    records += [base | r for r in _comparisons(shape, variants, samples)]
-    return records + [base | r for r in _floors(entries, samples, base["parameters"])]
+    records = _records(shape, variants, entries, samples, base["parameters"])
+    return [base | r for r in records]
+
+
+def _records(shape, variants, entries, samples, parameters) -> list[dict]:
+    """Each contender's times, then the ratios: vs optax, PyTorch, our default."""
+    records = [e.meta | _timing.summary(samples[e.contender.name]) for e in entries]
+    records += _comparisons(shape, variants, samples)
+    traffic = {
+        e.contender.name: e.meta["bytes_per_parameter"]
+        for e in entries
+        if "bytes_per_parameter" in e.meta
+    }
+    records += _versus_default.records(shape, variants, samples, traffic)
+    return records + _floors(entries, samples, parameters)
+
+
+def _steps_per_sample(contenders) -> int:
+    """Steps that make our default's sample last about ``SAMPLE_SECONDS``."""
+    default = next(c for c in contenders if c.name == f"{OURS}/default")
+    return _timing.steps_per_sample(default, SAMPLE_SECONDS)
 
 
 def _side_by_side(entries, variants) -> list[_Entry]:
-    """Each variant's contenders next to each other (the a + b kernel by default's).
+    """Contenders compared in a ratio next to each other, so they run moments apart.
 
-    Contenders compared in a ratio then run moments apart in every round.
+    Each variant's optax, ours, then PyTorch's; our compact storage (compared
+    with optax's default and ours) right after our default, and the a + b
+    kernel (compared with every JAX step) last in the default's group.
     """
-    order = {v.name: i for i, v in enumerate(variants)} | {"kernel": 0.5}
-    return sorted(entries, key=lambda e: order[e.meta["variant"]])
+    index = {v.name: i for i, v in enumerate(variants)}
+    group = {v.name: 0 if _variants.is_compact(v) else index[v.name] for v in variants}
+    libraries = [OPTAX, OURS, *TORCH, ADD]
+
+    def key(entry):
+        variant, library = entry.meta["variant"], entry.meta["library"]
+        return group.get(variant, 0), libraries.index(library), index.get(variant, 0)
+
+    return sorted(entries, key=key)
 
 
 def _jax_entries(variants, params, grads) -> list[_Entry]:
