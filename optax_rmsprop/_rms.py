@@ -69,8 +69,9 @@ def scale_by_rms(
             ``optax_rmsprop._storage``): ``jnp.bfloat16`` (half the memory,
             stochastic rounding so the average never freezes) and ``"int8"``
             (a quarter: one byte per element plus a float32 scale per block of
-            256; leaves under 4096 elements stay float32). The step always uses
-            this step's exact float32 average.
+            256; leaves under 4096 elements stay float32; above decay 0.95 it
+            warns, as its rounding errors then add up). The step uses the
+            average as stored, floored at ``(1 - decay) g**2``.
 
     Returns:
         An :class:`optax.GradientTransformation` whose state is optax's

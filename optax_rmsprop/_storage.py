@@ -9,21 +9,30 @@ Three storage options, picked by ``nu_dtype``:
   0.999 an increment ``0.001 * (g**2 - nu)`` below half a bf16 ulp
   (``2**-9 * nu``) is always rounded away. Rounding up with probability equal
   to the discarded fraction makes the stored value unbiased, so the average
-  keeps tracking. The random bits are a hash of the element's index and the
-  step count: deterministic, free of memory traffic, and fresh every step;
+  keeps tracking. The random bits come from a lattice in (element index,
+  step count): deterministic, free of memory traffic, fresh every step, and
+  for each element a golden-ratio sequence over the steps, whose rounding
+  errors cancel sooner than independent draws' (see :func:`_random_bits`);
 * ``"int8"``: :class:`Int8Blocks`, one byte per element plus one float32
   scale per block of 256 elements of the flattened leaf. The byte is an
   unsigned 8-bit float relative to the block's scale (5 exponent bits, 3
   mantissa bits: 31 binades below ``16 * scale``, relative spacing 1/8), so
   small averages in a block holding a large one keep their magnitude instead
-  of collapsing to zero. Stochastic rounding again keeps it unbiased. The
-  scale is the largest average the block stored at the previous step (found
-  from the codes alone, a one-byte pass), and the code reaches 16x above it
-  so a growing average has room. Leaves under 4096 elements stay float32.
+  of collapsing to zero. Stochastic rounding again keeps it unbiased (with
+  the lattice hashed once: at 1/8 steps, a lattice's feedback would bias
+  it). The scale is the largest average the block stored at the previous
+  step (found from the codes alone, a one-byte pass), and the code reaches
+  16x above it so a growing average has room. Leaves under 4096 elements
+  stay float32. Above decay :data:`INT8_MAX_DECAY` the rounding errors add
+  up faster than the average forgets them: construction warns.
 
-Whatever is stored, the step itself always uses the exact float32 average of
-this step, ``decay * stored + (1 - decay) * g**2``: quantisation only blurs
-the history, and ``|update| <= 1 / sqrt(1 - decay)`` holds as in float32.
+The step uses the average as stored (``Storage.read_written``): with donated
+state XLA then writes it in place and reads it back, where reading last
+step's value after overwriting it would cost a copy of the whole average
+every step. Compact storages floor it at this step's own share
+``(1 - decay) g**2``, so ``|update| <= 1 / sqrt(1 - decay)`` holds as in
+float32; the rounding moves each update by at most half the storage's
+relative spacing (bf16 2**-8, int8 1/16), unbiased in the average.
 """
 
 import math
