@@ -83,7 +83,7 @@ EXPECTED_PATCHED = (
 # contrib's common tests (1 more skips), 1 schedule-free test, 2 schedule
 # tests and 2 docstring examples (optax.rmsprop, schedule_free_adamw).
 MIN_EXECUTED = 80
-CPU_BUDGET_SECONDS = 60
+CPU_BUDGET_SECONDS = 150
 
 # Tests that optax's own code skips here, with the reason it gives.
 OPTAX_OWN_SKIPS = {
@@ -302,7 +302,9 @@ def test_the_only_skips_are_optax_own_named_ones(run):
 
 def test_the_run_stays_within_its_cpu_budget(run):
     # CPU seconds of the pytest subprocess (compilation dominates), not wall
-    # time, which doubles when the machine is shared: 27 to 33 s on the
-    # 2-core development machine (wall time 30 s idle, 50 to 70 s shared).
-    # The budget catches a selection or a per-call cost gone wrong, not drift.
+    # time, which doubles when the machine is shared: 27 to 33 s on one
+    # 2-core development machine, 52 to 60 s on another (both "AMD EPYC":
+    # the CPU behind the name differs between sessions). The budget catches a
+    # selection or a per-call cost gone wrong (several times over), not the
+    # speed of the machine.
     assert run["cpu_seconds"] < CPU_BUDGET_SECONDS
