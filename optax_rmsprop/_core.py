@@ -167,15 +167,16 @@ def scaler_parts(options: ScalerOptions) -> ScalerParts:
         if nu_storage.compact:
             nu = tm.at_least_own_share(nu, g, decay)
         mu = mean_storage.read_written(g, state.mu) if centered else None
-        nu_hat, mu_hat = _debiased(nu, mu, state.count)
+        nu_hat, mu_hat = _debiased(nu, mu, state)
         variance = tm.centered_variance(mu_hat, nu_hat) if centered else nu_hat
         return tm.scale_by_inverse_rms(
             g, variance, eps=eps, eps_in_sqrt=eps_in_sqrt, guard=guard
         )
 
-    def _debiased(nu, mu, count):
-        if not bias_correction:
+    def _debiased(nu, mu, state):
+        if not bias_correction:  # The state may have no count to read.
             return nu, mu
+        count = state.count
         return tm.debias(nu, decay, count), tm.debias(mu, decay, count)
 
     return ScalerParts(init, advance, scale, check)
