@@ -129,7 +129,7 @@ def storages(nu_dtype: Any) -> tuple[Storage, Storage]:
         init=_init_bf16,
         read=decode_tree,
         write=encode_tree,
-        read_written=_read_written_compact,
+        read_written=decode_tree,
     )
     if nu_dtype == INT8:
         return bf16._replace(init=_init_int8), bf16
@@ -214,17 +214,6 @@ def _read_capped(updates: Any, stored: Any) -> Any:
     """
     del updates  # Unused.
     return tm.capped(stored)
-
-
-def _read_written_compact(updates: Any, stored: Any) -> Any:
-    """The stored averages as written, never recomputed from last step's.
-
-    XLA would otherwise fold the cheap encoding into the step's fusion,
-    which then reads last step's stored average after it was overwritten in
-    place: a copy of it every step. The barrier makes the step read the
-    written bytes.
-    """
-    return decode_tree(updates, jax.lax.optimization_barrier(stored))
 
 
 def _write_plain(values: Any, previous: Any, count: Any) -> Any:
