@@ -140,7 +140,11 @@ def test_stochastic_rounding_is_unbiased(nu_dtype):
     values = jnp.asarray(np.random.default_rng(0).lognormal(0, 2, 8192), jnp.float32)
     template = _storage.init_leaf(values, nu_dtype)
     draws = [
-        _storage.decode(_storage.encode(values, template, jnp.int32(c), 0))
+        _storage.decode(
+            _storage.encode(
+                values, template, _storage.dither_bits(values.shape, jnp.int32(c))
+            )
+        )
         for c in range(200)
     ]
     mean = np.mean(np.asarray(draws, np.float64), axis=0)
