@@ -48,6 +48,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from optax_rmsprop import _tree_math as tm
 
@@ -362,7 +363,7 @@ def decode(stored: Any) -> jax.Array:
         scales = _per_element(stored.scales, stored.codes.shape)
         return _decode_int8(stored.codes, scales)
     if stored.dtype == jnp.bfloat16:
-        return stored.astype(jnp.float32)
+        return lax.convert_element_type(stored, np.float32)
     return stored
 
 
@@ -389,14 +390,17 @@ def stochastic_round_to_bf16(x: jax.Array, bits: jax.Array) -> jax.Array:
     write has overwritten (a copy of the average every step); a narrowing
     convert is computed once.
     """
-    x_bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    rounded = (x_bits + (bits >> 16)) & jnp.uint32(0xFFFF0000)
-    rounded = jax.lax.bitcast_convert_type(rounded, jnp.float32)
+    # lax, not jnp: jnp's operators cost ~0.3 ms each to trace, per leaf.
+    x_bits = lax.bitcast_convert_type(x, np.uint32)
+    noise = lax.shift_right_logical(bits, np.uint32(16))  # The top 16 bits.
+    rounded = lax.bitwise_and(lax.add(x_bits, noise), np.uint32(0xFFFF0000))
+    rounded = lax.bitcast_convert_type(rounded, np.float32)
     # Above bf16's largest value the carry would reach the exponent's top:
     # inf, an average that never decays. Clip to the largest finite bf16.
-    largest = float(jnp.finfo(jnp.bfloat16).max)
-    clipped = jax.lax.clamp(jnp.float32(-largest), rounded, jnp.float32(largest))
-    return clipped.astype(jnp.bfloat16)  # Exact: the low half is zero.
+    largest = np.float32(jnp.finfo(jnp.bfloat16).max)
+    clipped = lax.clamp(-largest, rounded, largest)
+    # Exact (the low half is zero).
+    return lax.convert_element_type(clipped, jnp.bfloat16)
 
 
 def _plain_dtype(nu_dtype, default):
