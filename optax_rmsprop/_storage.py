@@ -20,9 +20,10 @@ Three storage options, picked by ``nu_dtype``:
   small averages in a block holding a large one keep their magnitude instead
   of collapsing to zero. Stochastic rounding again keeps it unbiased (with
   the lattice hashed once: at 1/8 steps, a lattice's feedback would bias
-  it). The scale is the largest average the block stored at the previous
-  step (found from the codes alone, a one-byte pass), and the code reaches
-  16x above it so a growing average has room. Leaves under 4096 elements
+  it). Each step the scale moves by the power of two that puts the
+  largest average the block stored at 1 to 2 times it (found from the codes
+  alone, a one-byte pass), and the code reaches 16x above the scale so a
+  growing average has room. Leaves under 4096 elements
   stay float32. Above decay :data:`INT8_MAX_DECAY` the rounding errors add
   up faster than the average forgets them: construction warns.
 
@@ -133,7 +134,7 @@ def storages(nu_dtype: Any) -> tuple[Storage, Storage]:
         read_written=decode_tree,
     )
     if nu_dtype == INT8:
-        return bf16._replace(init=_init_int8), bf16
+        return bf16._replace(init=_init_int8, read=_decode_rescaled_tree), bf16
     return bf16, bf16
 
 
@@ -299,6 +300,31 @@ def decode_tree(anchor: Any, stored: Any) -> Any:
     )
 
 
+def _decode_rescaled_tree(anchor: Any, stored: Any) -> Any:
+    """:func:`decode_tree`, int8 leaves read through their next scales.
+
+    The same values: :func:`_rescaled` changes a scale by a power of two, so
+    ``next scale * 2**-shift`` is last step's scale exactly. But the step
+    then never reads last step's scales after writing the next ones over
+    them, and XLA need not copy them.
+    """
+
+    def read(stored):
+        if not isinstance(stored, Int8Blocks):
+            return decode(stored)
+        scales, shifts = _rescaled(stored)
+        previous_scales = scales * _power_of_two(-shifts)
+        shape = stored.codes.shape
+        return _decode_int8(stored.codes, _per_element(previous_scales, shape))
+
+    return jax.tree.map(
+        lambda a, s: None if a is None else read(s),
+        anchor,
+        stored,
+        is_leaf=is_stored_leaf,
+    )
+
+
 def encode_tree(values: Any, previous: Any, count: Any) -> Any:
     """Stores ``values`` in the formats of ``previous``.
 
@@ -370,7 +396,7 @@ def decode(stored: Any) -> jax.Array:
 def encode(value: jax.Array, previous: Any, bits: jax.Array) -> Any:
     """Stores ``value`` in ``previous``'s format; ``bits``: :func:`dither_bits`."""
     if isinstance(previous, Int8Blocks):
-        scales = _next_scales(previous)
+        scales, _ = _rescaled(previous)
         return _encode_int8(value, scales, bits)
     if previous.dtype == jnp.bfloat16 and value.dtype == jnp.float32:
         return stochastic_round_to_bf16(value, bits)
@@ -487,16 +513,24 @@ def _written_once(codes: jax.Array, value: jax.Array) -> jax.Array:
     return codes | (value < 0).astype(jnp.uint8)
 
 
-def _next_scales(previous: Int8Blocks) -> jax.Array:
-    """Each block's largest stored value, decoded from its largest code.
+def _rescaled(previous: Int8Blocks) -> tuple[jax.Array, jax.Array]:
+    """Each block's next scale, and its change: ``(scales * 2**shifts, shifts)``.
 
-    The code is monotonic in the value, so the max of the codes (one byte
-    read per element) gives the max of the values. An all-zero block keeps
-    its previous scale.
+    The power of two that brings the block's largest code to exponent 27,
+    so that its largest stored value is 1 to 2 times the next scale. The
+    code is monotonic in the value, so the max of the codes (one byte read
+    per element) gives the max of the values. Only the exponent changes:
+    last step's scale is the next one times ``2**-shifts``, exactly
+    (:func:`_decode_rescaled_tree`). An all-zero block keeps its scale.
     """
     largest = jnp.max(_blocks(previous.codes), axis=1)
-    block_max = _decode_int8(largest, previous.scales)
-    return jnp.where(block_max > 0, block_max, previous.scales)
+    shifts = jnp.where(largest > 0, (largest >> 3).astype(jnp.int32) - 27, 0)
+    return previous.scales * _power_of_two(shifts), shifts
+
+
+def _power_of_two(exponents: jax.Array) -> jax.Array:
+    """``2.0**exponents`` for int32 exponents in -126..127, built exactly."""
+    return lax.bitcast_convert_type((exponents + 127) << 23, np.float32)
 
 
 def _fresh_scales(filled: jax.Array) -> jax.Array:

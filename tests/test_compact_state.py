@@ -132,6 +132,44 @@ def test_int8_keeps_small_values_next_to_a_large_one():
     assert relative.max() < 1 / 8
 
 
+def _int8_state(seed):
+    # Blocks of values spread over 20 binades (one all zero, one holding a
+    # single tiny value) stored from their own maxima, then grown or shrunk
+    # by a factor per block (2**-6 to 2**3.9) and stored against those
+    # scales: the block maxima no longer sit at their scales.
+    rng = np.random.default_rng(seed)
+    values = np.exp(rng.uniform(-23, 0, 8192)).astype(np.float32)
+    values[:512] = 0
+    values[300] = 1e-30
+    fresh = _storage.init_leaf(jnp.asarray(values), "int8")
+    growth = np.repeat(2.0 ** rng.uniform(-6, 3.9, 32), 256).astype(np.float32)
+    bits = _storage.dither_bits(values.shape, jnp.int32(seed))
+    return _storage.encode(jnp.asarray(values * growth), fresh, bits)
+
+
+def test_int8_next_scale_moves_by_a_power_of_two_to_the_block_maximum():
+    stored = _int8_state(0)
+    scales, shifts = _storage._rescaled(stored)
+    block_max = np.asarray(_storage.decode(stored)).reshape(-1, 256).max(axis=1)
+    ratio = np.asarray(scales, np.float64) / np.asarray(stored.scales, np.float64)
+    np.testing.assert_array_equal(ratio, 2.0 ** np.asarray(shifts, np.float64))
+    filled = block_max > 0
+    assert np.all(block_max[filled] >= np.asarray(scales)[filled])
+    assert np.all(block_max[filled] < 2 * np.asarray(scales)[filled])
+    assert scales[0] == stored.scales[0]  # The all-zero block keeps its scale.
+    assert np.count_nonzero(np.asarray(shifts)) > 20  # Most scales moved.
+
+
+def test_int8_average_read_through_next_scales_is_last_steps_exactly():
+    # The step reads last step's average through the next scales (so that
+    # XLA need not copy the old ones): bit for bit the stored values.
+    stored = _int8_state(1)
+    anchor = jnp.zeros(8192)
+    through_next = _storage._decode_rescaled_tree(anchor, stored)
+    as_stored = _storage.decode_tree(anchor, stored)
+    np.testing.assert_array_equal(np.asarray(through_next), np.asarray(as_stored))
+
+
 @pytest.mark.parametrize("nu_dtype", _COMPACT)
 def test_stochastic_rounding_is_unbiased(nu_dtype):
     # Storing the same values with 200 different step counts and averaging

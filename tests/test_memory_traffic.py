@@ -89,7 +89,7 @@ def test_step_never_moves_more_bytes_than_optax(options, floor, optax_passes):
 
 
 @pytest.mark.parametrize("options, floor, optax_passes", _VARIANTS)
-@pytest.mark.parametrize("nu_dtype", [None, jnp.bfloat16])
+@pytest.mark.parametrize("nu_dtype", [None, jnp.bfloat16, "int8"])
 def test_donated_step_copies_no_state_buffer(options, floor, optax_passes, nu_dtype):
     assert _copies(optax_rmsprop.rmsprop(1e-3, nu_dtype=nu_dtype, **options)) == 0
 
@@ -100,21 +100,10 @@ def test_donated_step_copies_no_state_buffer(options, floor, optax_passes, nu_dt
 # goal is <= 0.80). int8: the block maxima read the codes (1), the average's
 # fusion reads g and the codes (4 + 1) and writes the codes (1), the
 # parameter fusion reads g, the codes, p (4 + 1 + 4) and writes p (4): 20
-# bytes, plus 4 bytes of scales per 256 elements read, written and copied
-# (next test): 20.15 of 28, 0.7197 (the goal is <= 0.72).
+# bytes, plus the small per-block arrays (scales, maxima, reciprocals): XLA
+# counts 20.12 of 28, 0.7186 (the goal is <= 0.72).
 @pytest.mark.parametrize("nu_dtype, limit", [(jnp.bfloat16, 0.80), ("int8", 0.72)])
 def test_donated_compact_step_moves_fewer_bytes(nu_dtype, limit):
     full = _passes_per_parameter(optax_rmsprop.rmsprop(1e-3))
     compact = _passes_per_parameter(optax_rmsprop.rmsprop(1e-3, nu_dtype=nu_dtype))
     assert compact / full <= limit
-
-
-def test_donated_int8_step_copies_only_its_block_scales():
-    # Each block's new scale is written over the old one while the average's
-    # fusion still decodes last step's codes with it: XLA copies the scales
-    # (4 bytes per 256 elements). Before _storage._written_once the parameter
-    # fusion re-derived the codes from last step's, and the codes (one byte
-    # per element) were copied too.
-    tx = optax_rmsprop.rmsprop(1e-3, nu_dtype="int8")
-    copied = re.findall(r"= (\S+) copy\(", _compiled_step(tx).as_text())
-    assert copied == [f"f32[{_N // 256}]{{0}}"]
