@@ -20,12 +20,12 @@ Three storage options, picked by ``nu_dtype``:
   small averages in a block holding a large one keep their magnitude instead
   of collapsing to zero. Stochastic rounding again keeps it unbiased (with
   the lattice hashed once: at 1/8 steps, a lattice's feedback would bias
-  it). Each step the scale moves by the power of two that puts the
-  largest average the block stored at 1 to 2 times it (found from the codes
-  alone, a one-byte pass), and the code reaches 16x above the scale so a
-  growing average has room. Leaves under 4096 elements
-  stay float32. Above decay :data:`INT8_MAX_DECAY` the rounding errors add
-  up faster than the average forgets them: construction warns.
+  it). Each step the scale moves by the power of two that puts the largest
+  average the block stored at 1 to 2 times it (found from the codes alone,
+  a one-byte pass), and the code reaches 16x above the scale so a growing
+  average has room. Leaves under 4096 elements stay float32. Above decay
+  :data:`INT8_MAX_DECAY` the rounding errors add up faster than the average
+  forgets them: construction warns.
 
 The step uses the average as stored (``Storage.read_written``): with donated
 state XLA then writes it in place and reads it back, where reading last

@@ -135,12 +135,14 @@ def _cases(misses):
 # the scale falls faster than the average forgets).
 # - The element mean of 8192 such values is off by sqrt(E w^2) / E w *
 #   sigma / sqrt(8192) ~ 2.1 * 0.7 / 90 ~ 1.7% (w = nu, spread over four
-#   decades): 3.3% at worst, on seed 2, at decay 0.999.
+#   decades): 3.5% at worst at decay 0.999.
 # - A noise sigma in nu raises the mean of g^2 / nu by about sigma^2
 #   (Jensen), so the update RMS runs about sqrt(1 + sigma^2) times
 #   float32's where the stored history dominates: several % too large.
-# Measured worst over seeds 0-2: mean 3.3% at 0.999; update RMS 3.9% at 0.99
-# and 23% at 0.999. The README states these bounds.
+# Measured worst over seeds 0-2: mean 3.5% at 0.999; update RMS 3.4% at 0.99
+# and 19% at 0.999 (with the block scales at the block maxima, before they
+# moved by powers of two: 3.3%, 3.9% and 23%). docs/compact_state.md states
+# these figures.
 _INT8_MEAN_BOUND = 0.05
 _INT8_UPDATE_BOUNDS = {("int8", 0.99): 0.06, ("int8", 0.999): 0.30}
 
