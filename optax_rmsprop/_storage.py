@@ -60,7 +60,8 @@ _HEADROOM = 4  # Binades of room above the block scale for a growing average.
 _EXPONENT_BIAS = 127 - 31 + _HEADROOM  # Code exponent e in 1..31 -> 2**(e-31+4).
 _SMALLEST = 2.0 ** (1 - 31 + _HEADROOM)  # Code 8 (e = 1, m = 0), relative to scale.
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-_ONE_CODE = 8 * (127 - _EXPONENT_BIAS)  # 1.0 times the block scale (e=27, m=0).
+_ONE_EXPONENT = 127 - _EXPONENT_BIAS  # 27: the code exponent of 1.0 times the scale.
+_ONE_CODE = 8 * _ONE_EXPONENT  # 1.0 times the block scale (e=27, m=0).
 # Dither lattice steps (see dither_bits): per element, and per step (the
 # golden ratio times 2**32).
 _INDEX_STEP, _GOLDEN_STEP = 0x85EBCA6B, 0x9E3779B9
@@ -524,7 +525,8 @@ def _rescaled(previous: Int8Blocks) -> tuple[jax.Array, jax.Array]:
     (:func:`_decode_rescaled_tree`). An all-zero block keeps its scale.
     """
     largest = jnp.max(_blocks(previous.codes), axis=1)
-    shifts = jnp.where(largest > 0, (largest >> 3).astype(jnp.int32) - 27, 0)
+    exponents = (largest >> 3).astype(jnp.int32)
+    shifts = jnp.where(largest > 0, exponents - _ONE_EXPONENT, 0)
     return previous.scales * _power_of_two(shifts), shifts
 
 
